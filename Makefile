@@ -1,0 +1,51 @@
+# One command runs the service (`make run`), one runs the tests (`make test`).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# pyenv resolves .python-version (3.13); fall back to any python3.13 on PATH.
+BASE_PYTHON ?= $(shell (pyenv which python 2>/dev/null) || command -v python3.13 || command -v python3)
+STAMP := $(VENV)/.installed
+
+.PHONY: install run migrate test lint typecheck check services bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements-dev.lock
+	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 13), f"Python >= 3.13 needed, got {sys.version}"'
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	@touch $(STAMP)
+
+services:
+	@bash scripts/ensure-services.sh
+
+migrate: install services
+	$(PY) -m plugin_server --migrate
+
+run: install services
+	$(PY) -m plugin_server --migrate
+	$(PY) -m plugin_server
+
+test: install services
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check plugin_server sandbox tests bench
+	$(VENV)/bin/ruff format --check plugin_server sandbox tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: install services
+	$(PY) -m bench $(BENCH_ARGS)
+
+# Re-resolve the pinned lock files after changing pyproject.toml.
+lock: install
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.13 --generate-hashes -o requirements.lock -q
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.13 --generate-hashes -o requirements-dev.lock -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
