@@ -1,0 +1,1 @@
+"""Connections to Postgres and Redis, and the schema migrations."""

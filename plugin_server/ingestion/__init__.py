@@ -1,0 +1,1 @@
+"""Event ingestion: from a queue message to saved rows or produced messages."""

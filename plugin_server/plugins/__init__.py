@@ -1,0 +1,1 @@
+"""Plugins: loading, the sandbox pool, and running plugin methods."""

@@ -1,0 +1,1 @@
+"""Queue consumers: the Celery list in Redis and the Kafka topic."""

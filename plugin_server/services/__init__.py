@@ -1,0 +1,1 @@
+"""Services that drive plugins outside the event path, and host services plugins call."""

@@ -1,0 +1,1 @@
+"""Code that runs inside plugin sub-interpreters. Standard library only."""
