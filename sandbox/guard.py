@@ -241,7 +241,9 @@ def install(readable_roots: list[str]) -> None:
     sys.addaudithook(make_audit_hook(readable_roots))
 
 
-def guarded_builtins(print_fn: Callable[..., None], extra_imports: frozenset[str] = frozenset()) -> dict[str, Any]:
+def guarded_builtins(
+    print_fn: Callable[..., None], extra_imports: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The builtins plugin modules see: `__import__` limited to the allowlist, `print` to the log,
     no `input`; `open`, `exec`, `eval` stay but run under the audit hook."""
     allowed = ALLOWED_IMPORTS | extra_imports

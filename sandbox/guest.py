@@ -165,12 +165,12 @@ class Guest:
         token = _current_key.set(key)
         try:
             plugin_dir = spec.get("plugin_dir")
-            if plugin_dir and plugin_dir not in self.readable_roots:
-                self.readable_roots.append(os.path.realpath(plugin_dir))
-            timeout = float(spec.get("timeout", 30))
+            if plugin_dir:
+                self.readable_roots.append(plugin_dir)  # the host sends it as an absolute real path
+            time_limit = float(spec.get("timeout", 30))
             builtins_ns = guard.guarded_builtins(self._print)
             filename = spec.get("filename") or f"<plugin {spec['plugin_config_id']}>"
-            record, wd_token = self.watchdog.begin(timeout)
+            record, wd_token = self.watchdog.begin(time_limit)
             try:
                 namespace = compile_plugin(source, filename, builtins_ns, f"plugin_{key.replace(':', '_')}")
             finally:
@@ -185,7 +185,7 @@ class Guest:
             loaded = LoadedPlugin(key, module, plugin_meta)
             setup = module.functions.get("setup_plugin")
             if setup is not None:
-                await self.invoke(setup, [plugin_meta], timeout)
+                await self.invoke(setup, [plugin_meta], time_limit)
             future.set_result(loaded)
             self.send(["result", req_id, [[True, module.exports(), None, None]]])
         except BaseException as exc:
@@ -198,7 +198,9 @@ class Guest:
             _current_key.reset(token)
 
     # ---------------------------------------------------------------- calls
-    async def call(self, req_id: int, key: str, method: str, batch: list[list[Any]], timeout: float) -> None:
+    async def call(
+        self, req_id: int, key: str, method: str, batch: list[list[Any]], time_limit: float
+    ) -> None:
         token = _current_key.set(key)
         try:
             future = self.plugins.get(key)
@@ -214,15 +216,18 @@ class Guest:
         try:
             results: list[list[Any]] = []
             if inspect.iscoroutinefunction(fn):
-                tasks = [self.loop.create_task(self.invoke_one(fn, args, loaded, method, timeout)) for args in batch]
+                tasks = [
+                    self.loop.create_task(self.invoke_one(fn, args, loaded, method, time_limit))
+                    for args in batch
+                ]
                 results = list(await asyncio.gather(*tasks))
             else:
                 stop_error: dict[str, Any] | None = None
                 for args in batch:
                     if stop_error is not None:
-                        results.append([False, None, stop_error, _json_or_none(args[0]) if args else None])
+                        results.append([False, None, stop_error, None])
                         continue
-                    outcome = await self.invoke_one(fn, args, loaded, method, timeout)
+                    outcome = await self.invoke_one(fn, args, loaded, method, time_limit)
                     if not outcome[0] and outcome[2]["name"] in ("TimeoutError", "MemoryError"):
                         stop_error = dict(outcome[2])
                         stop_error["message"] += " (later calls of this batch were skipped)"
@@ -232,19 +237,21 @@ class Guest:
             _current_key.reset(token)
 
     async def invoke_one(
-        self, fn: Any, args: list[Any], loaded: LoadedPlugin, method: str, timeout: float
+        self, fn: Any, args: list[Any], loaded: LoadedPlugin, method: str, time_limit: float
     ) -> list[Any]:
         try:
-            result = await self.invoke(fn, [*args, loaded.meta], timeout)
+            result = await self.invoke(fn, [*args, loaded.meta], time_limit)
             return [True, _check_result(method, result), None, None]
         except Exception as exc:
-            mutated = _json_or_none(args[0]) if method == "process_event" and args else None
+            # a call stopped by the watchdog keeps nothing of what it did to the event
+            stopped = isinstance(exc, TimeoutError | MemoryError)
+            mutated = _json_or_none(args[0]) if method == "process_event" and args and not stopped else None
             return [False, None, _error(exc), mutated]
 
-    async def invoke(self, fn: Any, args: list[Any], timeout: float) -> Any:
+    async def invoke(self, fn: Any, args: list[Any], time_limit: float) -> Any:
         """Run one plugin function under the concurrency limit, the deadline and the memory ceiling."""
         async with self.semaphore:
-            record, token = self.watchdog.begin(timeout)
+            record, token = self.watchdog.begin(time_limit)
             try:
                 result = fn(*args)
                 if inspect.isawaitable(result):
@@ -255,8 +262,9 @@ class Guest:
                     except TimeoutError as exc:
                         if str(exc):
                             raise
+                        waited = plural_seconds(time_limit)
                         raise TimeoutError(
-                            f"Script execution timed out after promise waited for {plural_seconds(timeout)}"
+                            f"Script execution timed out after promise waited for {waited}"
                         ) from None
                 return result
             finally:

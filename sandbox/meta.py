@@ -348,7 +348,9 @@ class Meta:
 
     KEYS = ("cache", "config", "attachments", "global", "jobs", "metrics", "storage", "geoip", "utils")
 
-    def __init__(self, spec: dict[str, Any], declared_metrics: dict[str, str], request: Request, notify: Notify):
+    def __init__(
+        self, spec: dict[str, Any], declared_metrics: dict[str, str], request: Request, notify: Notify
+    ):
         self.config: dict[str, Any] = spec.get("config") or {}
         self.attachments: dict[str, Attachment] = {
             key: Attachment(a["content_type"], a["file_name"], a["contents"])

@@ -33,7 +33,9 @@ class PluginModule:
         }
 
 
-def compile_plugin(source: str, filename: str, builtins_ns: dict[str, Any], module_name: str) -> dict[str, Any]:
+def compile_plugin(
+    source: str, filename: str, builtins_ns: dict[str, Any], module_name: str
+) -> dict[str, Any]:
     """Compile and run the module body; returns its namespace."""
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     code = compile(source, filename, "exec", dont_inherit=True)

@@ -89,7 +89,9 @@ class Watchdog:
         if record is None or record.done or code.co_filename.startswith(self._exempt):
             return None
         if record.timed_out:
-            raise TimeoutError(f"Script execution timed out after looping for {plural_seconds(record.timeout)}")
+            raise TimeoutError(
+                f"Script execution timed out after looping for {plural_seconds(record.timeout)}"
+            )
         if record.over_memory:
             grown = self.sample_rss() - record.rss_base
             if grown > self.memory_limit:

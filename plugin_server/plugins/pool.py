@@ -200,7 +200,7 @@ class Sandbox:
         if self._reader_task is not None:
             self._reader_task.cancel()
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, time_limit: float = 5.0) -> None:
         if self.alive:
             try:
                 self.send(["close"])
@@ -209,7 +209,7 @@ class Sandbox:
             except (SandboxError, ConnectionError):
                 pass
         self.abandon("The plugin sandbox was closed")
-        await asyncio.to_thread(self.exited.wait, timeout)
+        await asyncio.to_thread(self.exited.wait, time_limit)
 
 
 class SandboxPool:
@@ -264,7 +264,9 @@ class SandboxPool:
             results = await sandbox.request(["load", key, plugin.spec, plugin.source])
         except SandboxError as exc:
             sandbox.loaded.discard(key)
-            return CallOutcome.failure("TimeoutError" if "responding" in str(exc) else "SandboxError", str(exc))
+            return CallOutcome.failure(
+                "TimeoutError" if "responding" in str(exc) else "SandboxError", str(exc)
+            )
         outcome = CallOutcome(*results[0])
         if not outcome.ok:
             sandbox.loaded.discard(key)
@@ -282,26 +284,32 @@ class SandboxPool:
         self.plugins.pop(key, None)
 
     async def call(
-        self, key: str, method: str, batch: Sequence[list[Any]], timeout: float, *, sandbox: Sandbox | None = None
+        self,
+        key: str,
+        method: str,
+        batch: Sequence[list[Any]],
+        time_limit: float,
+        *,
+        sandbox: Sandbox | None = None,
     ) -> list[CallOutcome]:
         """Run `method` of plugin config `key` once per args list; one outcome per entry, in order."""
         if not batch:
             return []
         if sandbox is not None:
-            return await self._call_in(sandbox, key, method, list(batch), timeout)
+            return await self._call_in(sandbox, key, method, list(batch), time_limit)
         parts = min(len(self.sandboxes), max(1, math.ceil(len(batch) / MIN_CHUNK)))
         if parts <= 1:
-            return await self._call_in(self._least_busy(key), key, method, list(batch), timeout)
+            return await self._call_in(self._least_busy(key), key, method, list(batch), time_limit)
         size = math.ceil(len(batch) / parts)
         chunks = [list(batch[i : i + size]) for i in range(0, len(batch), size)]
         targets = sorted(self.sandboxes, key=lambda s: s.outstanding)[: len(chunks)]
         results = await asyncio.gather(
-            *(self._call_in(t, key, method, c, timeout) for t, c in zip(targets, chunks, strict=True))
+            *(self._call_in(t, key, method, c, time_limit) for t, c in zip(targets, chunks, strict=True))
         )
         return [outcome for part in results for outcome in part]
 
     async def _call_in(
-        self, sandbox: Sandbox, key: str, method: str, batch: list[list[Any]], timeout: float
+        self, sandbox: Sandbox, key: str, method: str, batch: list[list[Any]], time_limit: float
     ) -> list[CallOutcome]:
         plugin = self.plugins.get(key)
         if plugin is None:
@@ -311,7 +319,7 @@ class SandboxPool:
                 sandbox.loaded.add(key)
                 # pipelined: the sandbox runs the load before any call for the same key
                 sandbox.send(["load", -1, key, plugin.spec, plugin.source])
-            results = await sandbox.request(["call", key, method, batch, timeout])
+            results = await sandbox.request(["call", key, method, batch, time_limit])
         except SandboxError as exc:
             name = "TimeoutError" if "responding" in str(exc) else "SandboxError"
             return [CallOutcome.failure(name, str(exc)) for _ in batch]
