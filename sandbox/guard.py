@@ -162,6 +162,7 @@ FORBIDDEN_EVENTS = frozenset(
         "ctypes.memset",
         "mmap.__new__",
         "_thread.start_new_thread",
+        "_thread.start_joinable_thread",
         "cpython.PyInterpreterState_New",
         "cpython.run_command",
         "cpython.run_file",

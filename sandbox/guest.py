@@ -21,6 +21,7 @@ from sandbox.plugin_module import PluginModule, collect_exports, compile_plugin
 from sandbox.watchdog import Watchdog, plural_seconds
 
 BEAT_SECONDS = 0.5
+MAX_STOPPED_IN_A_ROW = 3
 _SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
 
@@ -222,15 +223,20 @@ class Guest:
                 ]
                 results = list(await asyncio.gather(*tasks))
             else:
-                stop_error: dict[str, Any] | None = None
+                # A plugin that hits its deadline on several events in a row would hold the whole
+                # batch for that many TASK_TIMEOUTs: after a few, the rest of the batch is skipped.
+                stopped_in_a_row = 0
                 for args in batch:
-                    if stop_error is not None:
-                        results.append([False, None, stop_error, None])
+                    if stopped_in_a_row >= MAX_STOPPED_IN_A_ROW:
+                        results.append([False, None, skipped, None])
                         continue
                     outcome = await self.invoke_one(fn, args, loaded, method, time_limit)
                     if not outcome[0] and outcome[2]["name"] in ("TimeoutError", "MemoryError"):
-                        stop_error = dict(outcome[2])
-                        stop_error["message"] += " (later calls of this batch were skipped)"
+                        stopped_in_a_row += 1
+                        skipped = dict(outcome[2])
+                        skipped["message"] += " (skipped: the previous calls in this batch were stopped)"
+                    else:
+                        stopped_in_a_row = 0
                     results.append(outcome)
             self.send(["result", req_id, results])
         finally:
@@ -266,6 +272,7 @@ class Guest:
                         raise TimeoutError(
                             f"Script execution timed out after promise waited for {waited}"
                         ) from None
+                self.watchdog.check_memory_after(record)
                 return result
             finally:
                 self.watchdog.end(record, token)

@@ -70,6 +70,7 @@ class Sandbox:
         self.loaded: set[str] = set()
         self.last_frame = time.monotonic()
         self.alive = False
+        self.being_replaced = False
         self._ids = itertools.count(1)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -199,6 +200,7 @@ class Sandbox:
             self._writer.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
+        self.pool.on_sandbox_lost(self)
 
     async def close(self, time_limit: float = 5.0) -> None:
         if self.alive:
@@ -257,7 +259,7 @@ class SandboxPool:
 
     async def load(self, key: str) -> CallOutcome:
         """Load `key` into one sandbox now (module body + setup_plugin); the others load lazily."""
-        sandbox = self._least_busy()
+        sandbox = await self._pick()
         sandbox.loaded.add(key)
         plugin = self.plugins[key]
         try:
@@ -299,10 +301,11 @@ class SandboxPool:
             return await self._call_in(sandbox, key, method, list(batch), time_limit)
         parts = min(len(self.sandboxes), max(1, math.ceil(len(batch) / MIN_CHUNK)))
         if parts <= 1:
-            return await self._call_in(self._least_busy(key), key, method, list(batch), time_limit)
+            return await self._call_in(await self._pick(key), key, method, list(batch), time_limit)
         size = math.ceil(len(batch) / parts)
         chunks = [list(batch[i : i + size]) for i in range(0, len(batch), size)]
-        targets = sorted(self.sandboxes, key=lambda s: s.outstanding)[: len(chunks)]
+        await self._pick(key)
+        targets = sorted(self.sandboxes, key=lambda s: (not s.alive, s.outstanding))[: len(chunks)]
         results = await asyncio.gather(
             *(self._call_in(t, key, method, c, time_limit) for t, c in zip(targets, chunks, strict=True))
         )
@@ -325,6 +328,13 @@ class SandboxPool:
             return [CallOutcome.failure(name, str(exc)) for _ in batch]
         return [CallOutcome(*r) for r in results]
 
+    async def _pick(self, key: str | None = None, wait: float = 10.0) -> Sandbox:
+        """The least busy live sandbox, waiting for a replacement when none is alive."""
+        deadline = time.monotonic() + wait
+        while not any(s.alive for s in self.sandboxes) and time.monotonic() < deadline and not self._closing:
+            await asyncio.sleep(0.01)
+        return self._least_busy(key)
+
     def _least_busy(self, key: str | None = None) -> Sandbox:
         alive = [s for s in self.sandboxes if s.alive] or self.sandboxes
         # prefer a sandbox that already has the module when loads are equal
@@ -345,8 +355,9 @@ class SandboxPool:
 
     def on_sandbox_lost(self, sandbox: Sandbox) -> None:
         sandbox.alive = False
-        if self._closing or sandbox not in self.sandboxes:
+        if self._closing or sandbox not in self.sandboxes or sandbox.being_replaced:
             return
+        sandbox.being_replaced = True
         task = asyncio.create_task(self._replace(sandbox))
         self._replacing.add(task)
         task.add_done_callback(self._replacing.discard)

@@ -50,18 +50,14 @@ RunnerFactory = Callable[..., contextlib.AbstractAsyncContextManager[PluginRunne
 
 
 @pytest.fixture
-def plugin_runner(
-    pg: asyncpg.Pool, redis: aioredis.Redis, settings: Settings
-) -> RunnerFactory:
+def plugin_runner(pg: asyncpg.Pool, redis: aioredis.Redis, settings: Settings) -> RunnerFactory:
     """`async with plugin_runner(task_timeout=1) as runner:` a started runner, stopped after."""
 
     @contextlib.asynccontextmanager
     async def running(**overrides: Any) -> AsyncIterator[PluginRunner]:
         kwargs = {k: overrides.pop(k) for k in ("retry_delay_scale",) if k in overrides}
         merged = {"worker_concurrency": 1, "task_timeout": 5.0, **overrides}
-        runner = PluginRunner(
-            settings.replace(**merged), pg, redis, uuidt(), log_flush_seconds=0, **kwargs
-        )
+        runner = PluginRunner(settings.replace(**merged), pg, redis, uuidt(), log_flush_seconds=0, **kwargs)
         await runner.start()
         try:
             yield runner
@@ -87,7 +83,8 @@ def default_event(**changes: Any) -> dict[str, Any]:
 
 async def log_rows(pg: asyncpg.Pool, config_id: int = 39) -> list[asyncpg.Record]:
     return await pg.fetch(
-        "SELECT * FROM posthog_pluginlogentry WHERE plugin_config_id = $1 ORDER BY timestamp, message", config_id
+        "SELECT * FROM posthog_pluginlogentry WHERE plugin_config_id = $1 ORDER BY timestamp, message",
+        config_id,
     )
 
 

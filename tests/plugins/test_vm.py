@@ -9,7 +9,9 @@ import asyncpg
 from tests.plugins.conftest import RunnerFactory, add_python_plugin, default_event, log_rows
 
 
-async def test_6_1_01_empty_source_exports_nothing(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_01_empty_source_exports_nothing(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(pg, "")
     async with plugin_runner() as runner:
         await runner.wait_loaded()
@@ -59,7 +61,9 @@ async def test_6_1_03_async_setup_is_awaited_before_events(
         assert result is not None and result["event"] == "haha"
 
 
-async def test_6_1_07_process_event_batch_alone_is_used(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_07_process_event_batch_alone_is_used(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -76,7 +80,9 @@ async def test_6_1_07_process_event_batch_alone_is_used(pg: asyncpg.Pool, team: 
         assert runner.loaded[39].exports["methods"] == ["process_event"]
 
 
-async def test_6_1_09_process_event_wins_over_batch(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_09_process_event_wins_over_batch(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -93,7 +99,9 @@ async def test_6_1_09_process_event_wins_over_batch(pg: asyncpg.Pool, team: int,
         assert result is not None and result["event"] == "changed event 1"
 
 
-async def test_6_1_10_no_return_drops_the_event(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_10_no_return_drops_the_event(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -130,7 +138,9 @@ async def test_6_1_18_and_31_meta_config_and_attachments(
         assert result["properties"]["attachment"] == ["application/octet-stream", "test.txt", "test"]
 
 
-async def test_6_1_19_cache_counter_across_calls(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory, redis) -> None:
+async def test_6_1_19_cache_counter_across_calls(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory, redis
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -156,7 +166,9 @@ async def test_6_1_19_cache_counter_across_calls(pg: asyncpg.Pool, team: int, pl
         assert await redis.get("@plugin/60/2/counter") == b"3"
 
 
-async def test_6_1_20_storage_get_set_delete(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_20_storage_get_set_delete(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -208,7 +220,9 @@ async def test_6_1_21_cache_expire(pg: asyncpg.Pool, team: int, plugin_runner: R
         assert got == [1, 2, 1]
 
 
-async def test_6_1_23_to_25_cache_incr_and_lists(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_23_to_25_cache_incr_and_lists(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -241,7 +255,9 @@ async def test_6_1_23_to_25_cache_incr_and_lists(pg: asyncpg.Pool, team: int, pl
         assert p["popped"] == ["3"] and p["removed"] == 1 and p["rest"] == ["1"]
 
 
-async def test_6_1_26_console_log_writes_a_log_row(pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory) -> None:
+async def test_6_1_26_console_log_writes_a_log_row(
+    pg: asyncpg.Pool, team: int, plugin_runner: RunnerFactory
+) -> None:
     await add_python_plugin(
         pg,
         """
@@ -257,7 +273,12 @@ async def test_6_1_26_console_log_writes_a_log_row(pg: asyncpg.Pool, team: int, 
         rows = [r for r in await log_rows(pg) if r["source"] == "CONSOLE"]
         assert len(rows) == 1
         row = rows[0]
-        assert (row["message"], row["plugin_id"], row["team_id"], row["type"]) == ("logged event", 60, 2, "LOG")
+        assert (row["message"], row["plugin_id"], row["team_id"], row["type"]) == (
+            "logged event",
+            60,
+            2,
+            "LOG",
+        )
         assert row["id"] and str(row["instance_id"]) == runner.instance_id and row["timestamp"]
 
 
