@@ -226,6 +226,7 @@ class Guest:
                 # A plugin that hits its deadline on several events in a row would hold the whole
                 # batch for that many TASK_TIMEOUTs: after a few, the rest of the batch is skipped.
                 stopped_in_a_row = 0
+                skipped: dict[str, Any] = {}
                 for args in batch:
                     if stopped_in_a_row >= MAX_STOPPED_IN_A_ROW:
                         results.append([False, None, skipped, None])

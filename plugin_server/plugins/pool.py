@@ -238,6 +238,7 @@ class SandboxPool:
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
         self._replacing: set[asyncio.Task[Any]] = set()
+        self._replaced_event = asyncio.Event()
 
     async def start(self) -> None:
         for _ in range(self.size):
@@ -330,9 +331,13 @@ class SandboxPool:
 
     async def _pick(self, key: str | None = None, wait: float = 10.0) -> Sandbox:
         """The least busy live sandbox, waiting for a replacement when none is alive."""
-        deadline = time.monotonic() + wait
-        while not any(s.alive for s in self.sandboxes) and time.monotonic() < deadline and not self._closing:
-            await asyncio.sleep(0.01)
+        if not any(s.alive for s in self.sandboxes) and not self._closing:
+            self._replaced_event.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._replaced_event.wait()
+            except TimeoutError:
+                pass
         return self._least_busy(key)
 
     def _least_busy(self, key: str | None = None) -> Sandbox:
@@ -370,4 +375,5 @@ class SandboxPool:
             return
         self.sandboxes[self.sandboxes.index(old)] = fresh
         self.replaced += 1
+        self._replaced_event.set()
         log.warning("plugin sandbox replaced", old=old.number, new=fresh.number)

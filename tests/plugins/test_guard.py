@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from plugin_server.metrics import REGISTRY
 from tests.plugins.conftest import RunnerFactory, add_python_plugin, config_error, default_event, log_rows
 
+PWNED = Path("/tmp/pwned-by-plugin")
 FOLLOWER = """
 def process_event(event, meta):
     event["properties"]["follower_ran"] = True
@@ -110,9 +112,7 @@ async def test_hostile_process_event_is_contained(
         [again] = await runner.process_events([default_event(event="fine")])
         assert again is not None and again["properties"]["hostile_ran"] is True
     assert calls("process_event", "ok") >= before + 3
-    import os
-
-    assert not os.path.exists("/tmp/pwned-by-plugin")
+    assert not await asyncio.to_thread(PWNED.exists)
 
 
 async def test_setup_that_always_fails_is_retried_then_disabled(

@@ -128,7 +128,8 @@ async def test_6_1_18_and_31_meta_config_and_attachments(
         config={"localhostIP": "94.224.212.175"},
     )
     await pg.execute(
-        "INSERT INTO posthog_pluginattachment (key, content_type, file_name, file_size, contents, plugin_config_id, team_id)"
+        "INSERT INTO posthog_pluginattachment"
+        " (key, content_type, file_name, file_size, contents, plugin_config_id, team_id)"
         " VALUES ('maxmindMmdb', 'application/octet-stream', 'test.txt', 4, 'test'::bytea, 39, 2)"
     )
     async with plugin_runner() as runner:
