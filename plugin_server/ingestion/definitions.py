@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from plugin_server.ingestion import queries
-from plugin_server.ingestion.uuidt import new_uuidt
+from plugin_server.ingestion.uuidt import uuidt
 
 PLUGIN_METRICS_EVENT = "$$plugin_metrics"
 
@@ -58,12 +58,12 @@ class DefinitionStore:
     async def write(conn: asyncpg.Connection, new: NewDefinitions) -> None:
         if new.events:
             await conn.executemany(
-                queries.INSERT_EVENT_DEFINITION, [(new_uuidt(), name, team) for team, name in new.events]
+                queries.INSERT_EVENT_DEFINITION, [(uuidt(), name, team) for team, name in new.events]
             )
         if new.properties:
             await conn.executemany(
                 queries.INSERT_PROPERTY_DEFINITION,
-                [(new_uuidt(), name, numerical, team) for (team, name), numerical in new.properties.items()],
+                [(uuidt(), name, numerical, team) for (team, name), numerical in new.properties.items()],
             )
 
     def committed(self, new: NewDefinitions) -> None:

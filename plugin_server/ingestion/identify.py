@@ -16,7 +16,7 @@ from plugin_server.ingestion.persons import (
     create_person,
     fetch_person,
 )
-from plugin_server.ingestion.uuidt import new_uuidt
+from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,7 +88,7 @@ async def alias(
                         properties={},
                         team_id=team_id,
                         is_identified=identify,
-                        uuid=new_uuidt(),
+                        uuid=uuidt(),
                         distinct_ids=[current, previous],
                     )
         except asyncpg.PostgresError:
