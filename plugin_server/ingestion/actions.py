@@ -38,9 +38,7 @@ class ActionStep:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> ActionStep:
-        props = row["properties"]
-        if isinstance(props, str):
-            props = json.loads(props)
+        props = row["properties"]  # decoded by the pool's JSON codec
         return cls(
             id=row["id"],
             tag_name=row["tag_name"],
@@ -232,5 +230,7 @@ def match_actions(actions: list[Action], data: MatchInput, cohort_check: CohortC
                     matched.append(action)
                     break
             except Exception as error:  # a bad regex, cohort id or selector fails only this step
-                log.warning("action_step_check_failed", action_id=action.id, step_id=step.id, error=str(error))
+                log.warning(
+                    "action_step_check_failed", action_id=action.id, step_id=step.id, error=str(error)
+                )
     return matched

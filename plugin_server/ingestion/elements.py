@@ -52,7 +52,11 @@ def extract_elements(raw: list[Any]) -> list[Element]:
             if not isinstance(classes, str):
                 raise InvalidElements(f"element attr__class must be a string, got {type(classes).__name__}")
             element["attr_class"] = classes.split(" ")
-        for source, target in (("attr__id", "attr_id"), ("nth_child", "nth_child"), ("nth_of_type", "nth_of_type")):
+        for source, target in (
+            ("attr__id", "attr_id"),
+            ("nth_child", "nth_child"),
+            ("nth_of_type", "nth_of_type"),
+        ):
             if source in el:
                 element[target] = el[source]
         element["attributes"] = {k: v for k, v in el.items() if k.startswith("attr__")}

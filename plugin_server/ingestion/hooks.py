@@ -230,7 +230,9 @@ class HookSender:
         except Exception as error:
             log.error("hooks_failed", error=str(error), event_uuid=event.get("uuid"))
 
-    async def _post_rest_hook(self, hook: dict[str, Any], event: dict[str, Any], person: Person | None) -> None:
+    async def _post_rest_hook(
+        self, hook: dict[str, Any], event: dict[str, Any], person: Person | None
+    ) -> None:
         status = await self._post("rest_hook", hook["target"], rest_hook_body(hook, event, person))
         if status == 410:
             await self._pool.execute(queries.DELETE_REST_HOOK, hook["id"])

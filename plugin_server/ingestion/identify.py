@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from plugin_server.ingestion import queries
-from plugin_server.ingestion.js import json_text, truthy
+from plugin_server.ingestion.js import truthy
 from plugin_server.ingestion.persons import (
     Person,
     add_distinct_id,
@@ -23,7 +23,18 @@ log = get_logger(__name__)
 
 MAX_MERGE_ATTEMPTS = 3
 _ILLEGAL_LOWERCASE = frozenset(
-    {"anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email", "undefined", "true", "false"}
+    {
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+    }
 )
 _ILLEGAL_EXACT = frozenset({"[object Object]", "NaN", "None", "none", "null", "0"})
 
@@ -34,9 +45,7 @@ class MergeRaceError(RuntimeError):
 
 def is_illegal_distinct_id(distinct_id: str) -> bool:
     return (
-        not distinct_id.strip()
-        or distinct_id.lower() in _ILLEGAL_LOWERCASE
-        or distinct_id in _ILLEGAL_EXACT
+        not distinct_id.strip() or distinct_id.lower() in _ILLEGAL_LOWERCASE or distinct_id in _ILLEGAL_EXACT
     )
 
 
@@ -71,7 +80,9 @@ async def alias(
     if old is not None and new is not None:
         if old.id != new.id:
             if identify and old.is_identified:
-                log.warning("identify_refused_merge", team_id=team_id, distinct_id=current, previous=str(previous))
+                log.warning(
+                    "identify_refused_merge", team_id=team_id, distinct_id=current, previous=str(previous)
+                )
             else:
                 await merge_people(conn, new, current, old, previous, identify, merge_attempts)
     else:
@@ -102,7 +113,9 @@ async def alias(
 async def set_is_identified(conn: asyncpg.Connection, team_id: int, distinct_id: str) -> None:
     person = await fetch_person(conn, team_id, distinct_id)
     if person is None:
-        raise LookupError(f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to identify')
+        raise LookupError(
+            f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to identify'
+        )
     if not person.is_identified:
         await conn.execute(queries.SET_PERSON_IDENTIFIED, person.id)
 
@@ -125,7 +138,7 @@ async def merge_people(
             await conn.execute(
                 queries.MERGE_INTO_PERSON,
                 first_seen,
-                json_text(merged),
+                merged,
                 merge_into.is_identified or other.is_identified,
                 merge_into.id,
             )

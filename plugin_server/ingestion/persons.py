@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from plugin_server.ingestion import queries
-from plugin_server.ingestion.js import js_string, json_text
+from plugin_server.ingestion.js import js_string
 
 SEEN_SECONDS = 3600.0
 
@@ -64,12 +63,8 @@ class Person:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Person:
-        row = dict(record)
-        properties = json.loads(row["properties"]) if isinstance(row["properties"], str) else row["properties"]
-        row["properties"] = properties
-        for key in ("properties_last_updated_at", "properties_last_operation"):
-            if isinstance(row.get(key), str):
-                row[key] = json.loads(row[key])
+        row = dict(record)  # JSON columns arrive decoded (the pool's codec)
+        properties = row["properties"] if isinstance(row["properties"], dict) else {}
         row["uuid"] = str(row["uuid"])
         return cls(
             id=row["id"],
@@ -93,7 +88,9 @@ async def fetch_person(conn: asyncpg.Connection, team_id: int, distinct_id: Any)
     return Person.from_record(record) if record else None
 
 
-async def fetch_persons(conn: asyncpg.Connection, team_id: int, distinct_ids: Sequence[str]) -> dict[str, Person]:
+async def fetch_persons(
+    conn: asyncpg.Connection, team_id: int, distinct_ids: Sequence[str]
+) -> dict[str, Person]:
     records = await conn.fetch(queries.SELECT_PERSONS_BY_DISTINCT_IDS, team_id, list(distinct_ids))
     return {r["persondistinctid__distinct_id"]: Person.from_record(r) for r in records}
 
@@ -124,9 +121,7 @@ async def create_person(
     distinct_ids: Sequence[Any],
 ) -> Person:
     """The person row then its distinct ids, in the caller's transaction."""
-    record = await conn.fetchrow(
-        queries.INSERT_PERSON, created_at, json_text(properties), team_id, is_identified, uuid
-    )
+    record = await conn.fetchrow(queries.INSERT_PERSON, created_at, properties, team_id, is_identified, uuid)
     assert record is not None
     person = Person.from_record(record)
     for distinct_id in distinct_ids:
@@ -188,4 +183,4 @@ async def update_person_properties(
         )
     updated = apply_property_updates(person.properties, set_props, set_once_props)
     if updated != person.properties:
-        await conn.execute(queries.UPDATE_PERSON_PROPERTIES, json_text(updated), person.id)
+        await conn.execute(queries.UPDATE_PERSON_PROPERTIES, updated, person.id)

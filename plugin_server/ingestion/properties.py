@@ -9,7 +9,15 @@ from plugin_server.ingestion.js import js_string, json_text, truthy, utf16_cut
 
 EVENT_NAME_LIMIT = 200
 CAMPAIGN_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term", "gclid")
-INITIAL_KEYS = ("$browser", "$browser_version", "$device_type", "$current_url", "$os", "$referring_domain", "$referrer")
+INITIAL_KEYS = (
+    "$browser",
+    "$browser_version",
+    "$device_type",
+    "$current_url",
+    "$os",
+    "$referring_domain",
+    "$referrer",
+)
 
 
 class InvalidEvent(ValueError):

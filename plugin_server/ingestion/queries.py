@@ -53,7 +53,9 @@ SELECT created_at, '{}', '{}', team_id, NULL, false, uuid
 FROM unnest($1::timestamptz[], $2::int[], $3::uuid[]) AS p(created_at, team_id, uuid)
 RETURNING id, uuid
 """
-INSERT_DISTINCT_ID = "INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id) VALUES ($1, $2, $3)"
+INSERT_DISTINCT_ID = (
+    "INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id) VALUES ($1, $2, $3)"
+)
 INSERT_DISTINCT_IDS = """
 INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id)
 SELECT * FROM unnest($1::text[], $2::int[], $3::int[])
@@ -102,14 +104,36 @@ INSERT INTO posthog_elementgroup (hash, team_id) VALUES ($1, $2) ON CONFLICT DO 
 """
 INSERT_ELEMENT = """
 INSERT INTO posthog_element
-    (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, "order", event_id, attr_class, group_id)
+    (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, "order", event_id, attr_class,
+     group_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10)
 """
 NEXT_EVENT_IDS = "SELECT nextval(pg_get_serial_sequence('posthog_event', 'id')) FROM generate_series(1, $1)"
-EVENT_COLUMNS = (
-    "id", "created_at", "event", "distinct_id", "properties", "team_id", "timestamp", "elements", "elements_hash"
-)
-RECORDING_COLUMNS = ("created_at", "team_id", "distinct_id", "session_id", "timestamp", "snapshot_data")
+# Whole batches in one statement each; JSON goes as text so the pool's JSON codec is bypassed.
+INSERT_EVENTS = """
+INSERT INTO posthog_event
+    (created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)
+SELECT created_at, event, distinct_id, properties::jsonb, team_id, timestamp, elements::jsonb, elements_hash
+FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::text[],
+            $8::text[])
+    AS e(created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)
+"""
+INSERT_EVENTS_WITH_IDS = """
+INSERT INTO posthog_event
+    (id, created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)
+SELECT id, created_at, event, distinct_id, properties::jsonb, team_id, timestamp, elements::jsonb,
+       elements_hash
+FROM unnest($9::bigint[], $1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[],
+            $7::text[], $8::text[])
+    AS e(id, created_at, event, distinct_id, properties, team_id, timestamp, elements, elements_hash)
+"""
+INSERT_RECORDINGS = """
+INSERT INTO posthog_sessionrecordingevent
+    (created_at, team_id, distinct_id, session_id, timestamp, snapshot_data)
+SELECT created_at, team_id, distinct_id, session_id, timestamp, snapshot_data::jsonb
+FROM unnest($1::timestamptz[], $2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+    AS r(created_at, team_id, distinct_id, session_id, timestamp, snapshot_data)
+"""
 INSERT_ACTION_EVENTS = """
 INSERT INTO posthog_action_events (event_id, action_id) SELECT * FROM unnest($1::bigint[], $2::int[])
 """
@@ -129,5 +153,7 @@ WHERE cohort_id = ANY($1::int[]) AND person_id = ANY($2::int[])
 """
 
 # -- hooks
-SELECT_REST_HOOKS = "SELECT * FROM ee_hook WHERE team_id = $1 AND event = 'action_performed' AND resource_id = $2"
+SELECT_REST_HOOKS = (
+    "SELECT * FROM ee_hook WHERE team_id = $1 AND event = 'action_performed' AND resource_id = $2"
+)
 DELETE_REST_HOOK = "DELETE FROM ee_hook WHERE id = $1"
