@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +155,7 @@ class MatchInput:
     person_id: int | None
 
 
-CohortCheck = Callable[[int, int], bool]  # (cohort_id, person_id) -> member?
+CohortMembers = Collection[tuple[int, int]]  # (cohort_id, person_id) pairs known to exist
 
 
 def _like_to_regex(pattern: str) -> re.Pattern[str]:
@@ -184,7 +184,7 @@ def _element_fields_match(step: ActionStep, elements: list[dict[str, Any]]) -> b
     return any(all(el.get(k) == v for k, v in wanted.items()) for el in elements)
 
 
-def _filter_passes(f: dict[str, Any], data: MatchInput, cohort_check: CohortCheck) -> bool:
+def _filter_passes(f: dict[str, Any], data: MatchInput, cohort_members: CohortMembers) -> bool:
     kind = f.get("type")
     if kind == "event":
         return check_property_filter(data.properties, f)
@@ -204,11 +204,11 @@ def _filter_passes(f: dict[str, Any], data: MatchInput, cohort_check: CohortChec
             return True
         if data.person_id is None:
             return False
-        return cohort_check(int(value), data.person_id)  # type: ignore[arg-type]
+        return (int(value), data.person_id) in cohort_members  # type: ignore[arg-type]
     return False
 
 
-def step_matches(step: ActionStep, data: MatchInput, cohort_check: CohortCheck) -> bool:
+def step_matches(step: ActionStep, data: MatchInput, cohort_members: CohortMembers) -> bool:
     if step.href or step.tag_name or step.text:
         if not _element_fields_match(step, data.elements):
             return False
@@ -218,15 +218,15 @@ def step_matches(step: ActionStep, data: MatchInput, cohort_check: CohortCheck) 
         return False
     if step.event and data.event.get("event") != step.event:
         return False
-    return all(_filter_passes(f, data, cohort_check) for f in step.properties if isinstance(f, dict))
+    return all(_filter_passes(f, data, cohort_members) for f in step.properties if isinstance(f, dict))
 
 
-def match_actions(actions: list[Action], data: MatchInput, cohort_check: CohortCheck) -> list[Action]:
+def match_actions(actions: list[Action], data: MatchInput, cohort_members: CohortMembers) -> list[Action]:
     matched = []
     for action in actions:
         for step in action.steps:
             try:
-                if step_matches(step, data, cohort_check):
+                if step_matches(step, data, cohort_members):
                     matched.append(action)
                     break
             except Exception as error:  # a bad regex, cohort id or selector fails only this step

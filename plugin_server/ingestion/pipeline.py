@@ -258,7 +258,7 @@ class PostgresIngestor:
                     person_properties=person.properties if person else None,
                     person_id=person.id if person else None,
                 )
-                item.matched = match_actions(actions, data, lambda c, p, m=members: (c, p) in m)
+                item.matched = match_actions(actions, data, members)
             wants_person = [i for i in team_items if i.matched and i.person is None]
             if wants_person:
                 await self._load_persons(conn, team_id, wants_person)
