@@ -35,7 +35,13 @@ async def create_action_69(pg: asyncpg.Pool) -> None:
     await insert_row(
         pg,
         "posthog_action",
-        {"id": 69, "name": "Test Action", "team_id": TEAM_ID, "post_to_slack": True, "slack_message_format": ""},
+        {
+            "id": 69,
+            "name": "Test Action",
+            "team_id": TEAM_ID,
+            "post_to_slack": True,
+            "slack_message_format": "",
+        },
     )
     await insert_row(
         pg,

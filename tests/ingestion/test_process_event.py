@@ -28,7 +28,9 @@ TOKEN = "THIS IS NOT A TOKEN FOR TEAM 2"
 
 
 async def test_4_1_01_merge_people_directly(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
-    p0 = await make_person(pg, ["person_0"], {"$os": "Microsoft"}, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+    p0 = await make_person(
+        pg, ["person_0"], {"$os": "Microsoft"}, created_at=datetime(2020, 1, 1, tzinfo=UTC)
+    )
     p1 = await make_person(
         pg, ["person_1"], {"$os": "Chrome", "$browser": "Chrome"}, created_at=datetime(2019, 7, 1, tzinfo=UTC)
     )
@@ -66,7 +68,9 @@ def _autocapture_2() -> dict[str, object]:
     }
 
 
-async def test_4_1_02_to_04_autocapture_person_and_definitions(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+async def test_4_1_02_to_04_autocapture_person_and_definitions(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
     now = datetime.now(UTC)
     await ingest(ingestor, make_event("$autocapture", "2", _autocapture_2(), now=now))
     (person,) = await persons(pg)
@@ -163,8 +167,13 @@ async def test_4_1_02_to_04_autocapture_person_and_definitions(pg: asyncpg.Pool,
     ]
 
 
-async def test_4_1_05_initial_current_url_without_campaign(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
-    await ingest(ingestor, make_event("$pageview", "2", {"distinct_id": 2, "token": TOKEN, "$current_url": "https://test.com"}))
+async def test_4_1_05_initial_current_url_without_campaign(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    await ingest(
+        ingestor,
+        make_event("$pageview", "2", {"distinct_id": 2, "token": TOKEN, "$current_url": "https://test.com"}),
+    )
     (person,) = await persons(pg)
     assert person["properties"] == {"$initial_current_url": "https://test.com"}
 
@@ -194,7 +203,12 @@ async def test_4_1_08_09_clock_skew_correction(pg: asyncpg.Pool, ingestor: Postg
     t0 = datetime.now(UTC).replace(microsecond=0)
     timestamp = t0 + timedelta(days=1, hours=2)
     sent_at = t0 + timedelta(days=1, hours=2, minutes=10)
-    await ingest(ingestor, make_event("$pageview", "skewed", now=t0, timestamp=timestamp.isoformat(), sent_at=sent_at.isoformat()))
+    await ingest(
+        ingestor,
+        make_event(
+            "$pageview", "skewed", now=t0, timestamp=timestamp.isoformat(), sent_at=sent_at.isoformat()
+        ),
+    )
     plus4 = timezone_plus_4()
     await ingest(
         ingestor,
@@ -220,7 +234,9 @@ def timezone_plus_4():  # type: ignore[no-untyped-def]
 async def test_4_1_10_no_sent_at(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
     t0 = datetime.now(UTC)
     timestamp = t0 + timedelta(days=1, hours=2)
-    await ingest(ingestor, make_event("$pageview", "a", now=t0, sent_at=None, timestamp=timestamp.isoformat()))
+    await ingest(
+        ingestor, make_event("$pageview", "a", now=t0, sent_at=None, timestamp=timestamp.isoformat())
+    )
     (event,) = await events(pg)
     assert abs((event["timestamp"] - timestamp).total_seconds()) < 1
 
@@ -251,7 +267,10 @@ async def test_4_1_11_to_14_ip(
 
 
 async def _alias(ingestor: PostgresIngestor, distinct_id: str, alias: str) -> None:
-    assert await ingest_one(ingestor, make_event("$create_alias", distinct_id, {"alias": alias})) is Outcome.INGESTED
+    assert (
+        await ingest_one(ingestor, make_event("$create_alias", distinct_id, {"alias": alias}))
+        is Outcome.INGESTED
+    )
 
 
 async def test_4_1_15_alias_to_existing(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
@@ -277,7 +296,11 @@ async def test_4_1_17_alias_twice(pg: asyncpg.Pool, ingestor: PostgresIngestor) 
     await _alias(ingestor, "new_distinct_id", "old_distinct_id_2")
     assert len(await events(pg)) == 2
     (person,) = await persons(pg)
-    assert await distinct_ids_of(pg, person["id"]) == ["old_distinct_id", "new_distinct_id", "old_distinct_id_2"]
+    assert await distinct_ids_of(pg, person["id"]) == [
+        "old_distinct_id",
+        "new_distinct_id",
+        "old_distinct_id_2",
+    ]
 
 
 async def test_4_1_18_alias_before_any_person(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
@@ -389,7 +412,9 @@ async def test_4_1_28_identify_with_set_once(pg: asyncpg.Pool, ingestor: Postgre
     assert person["is_identified"] is False
 
 
-async def test_4_1_29_illegal_distinct_ids_block_merging(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+async def test_4_1_29_illegal_distinct_ids_block_merging(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
     await make_person(pg, ["im an anonymous id"])
     for count, illegal in enumerate(["distinctId", "  ", "NaN", "undefined", "None", "0"], start=2):
         await make_person(pg, [illegal])
@@ -410,10 +435,14 @@ async def test_4_1_30_identify_anonymous_person(pg: asyncpg.Pool, ingestor: Post
     (person,) = await persons(pg)
     assert await distinct_ids_of(pg, person["id"]) == ["anonymous_id", "new_distinct_id"]
     assert person["properties"] == {"a_prop": "test"} and person["is_identified"] is True
-    assert await ingest_one(ingestor, make_event("$identify", "new_distinct_id", properties)) is Outcome.INGESTED
+    assert (
+        await ingest_one(ingestor, make_event("$identify", "new_distinct_id", properties)) is Outcome.INGESTED
+    )
 
 
-async def test_4_1_31_33_identify_merges_created_persons(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+async def test_4_1_31_33_identify_merges_created_persons(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
     await make_person(pg, ["anonymous_id"])
     await make_person(pg, ["new_distinct_id"], {"email": "someone@gmail.com"})
     await ingest(ingestor, make_event("$identify", "new_distinct_id", {"$anon_distinct_id": "anonymous_id"}))
@@ -422,7 +451,9 @@ async def test_4_1_31_33_identify_merges_created_persons(pg: asyncpg.Pool, inges
     assert person["properties"] == {"email": "someone@gmail.com"} and person["is_identified"] is True
     # 33: another anonymous person folds into the identified one
     await make_person(pg, ["anonymous_id_2"])
-    await ingest(ingestor, make_event("$identify", "new_distinct_id", {"$anon_distinct_id": "anonymous_id_2"}))
+    await ingest(
+        ingestor, make_event("$identify", "new_distinct_id", {"$anon_distinct_id": "anonymous_id_2"})
+    )
     (person,) = await persons(pg)
     assert await distinct_ids_of(pg, person["id"]) == ["anonymous_id", "new_distinct_id", "anonymous_id_2"]
     assert person["properties"] == {"email": "someone@gmail.com"} and person["is_identified"] is True
@@ -449,3 +480,249 @@ async def test_4_1_34_no_cross_team_leakage(pg: asyncpg.Pool, ingestor: Postgres
     assert team2_person is not None and team2_person["properties"] == {}
     assert await distinct_ids_of(pg, team2_person["id"]) == ["1", "2"]
     assert await distinct_ids_of(pg, team3_person) == ["2"]
+
+
+class Client:
+    """The client helpers of scenarios 35-42: send / identify / alias with a current distinct id."""
+
+    def __init__(self, ingestor: PostgresIngestor) -> None:
+        self.ingestor = ingestor
+        self.state = "anonymous_id"
+        self.clock = datetime.now(UTC)
+
+    async def send(self, name: str, properties: dict[str, object] | None = None) -> None:
+        properties = dict(properties or {})
+        self.clock += timedelta(seconds=1)
+        distinct_id = properties.get("distinct_id") or self.state
+        event = make_event(name, distinct_id, properties, now=self.clock)
+        assert await ingest_one(self.ingestor, event) is Outcome.INGESTED
+
+    async def identify(self, distinct_id: str) -> None:
+        previous, self.state = self.state, distinct_id
+        await self.send("$identify", {"$anon_distinct_id": previous, "distinct_id": distinct_id})
+
+    async def alias(self, alias: str) -> None:
+        await self.send("$create_alias", {"alias": alias})
+
+
+async def _persons_with_events(pg: asyncpg.Pool) -> list[tuple[list[str], list[str], bool]]:
+    result = []
+    for person in await persons(pg):
+        ids = await distinct_ids_of(pg, person["id"])
+        rows = await pg.fetch(
+            "SELECT event FROM posthog_event WHERE distinct_id = ANY($1::text[]) ORDER BY timestamp", ids
+        )
+        result.append((ids, [r["event"] for r in rows], person["is_identified"]))
+    return result
+
+
+async def test_4_1_35_no_re_aliasing_of_identified_users(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    client = Client(ingestor)
+    await client.send("event 1")
+    await client.identify("initial_distinct_id")
+    await client.send("event 2")
+    client.state = "p2_distinct_id"
+    await client.send("event 3")
+    await client.identify("new_distinct_id")
+    await client.send("event 4")
+    await client.identify("initial_distinct_id")
+    assert await _persons_with_events(pg) == [
+        (["anonymous_id", "initial_distinct_id"], ["event 1", "$identify", "event 2", "$identify"], True),
+        (["p2_distinct_id", "new_distinct_id"], ["event 3", "$identify", "event 4"], True),
+    ]
+
+
+async def test_4_1_36_no_re_aliasing_without_anonymous_event(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    client = Client(ingestor)
+    await client.identify("initial_distinct_id")
+    await client.send("event 2")
+    client.state = "p2_distinct_id"
+    await client.send("event 3")
+    await client.identify("new_distinct_id")
+    await client.send("event 4")
+    await client.identify("initial_distinct_id")
+    assert await _persons_with_events(pg) == [
+        (["initial_distinct_id", "anonymous_id"], ["$identify", "event 2", "$identify"], True),
+        (["p2_distinct_id", "new_distinct_id"], ["event 3", "$identify", "event 4"], True),
+    ]
+
+
+async def test_4_1_37_identify_in_one_batch_refuses_merging_identified(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """The nested identify of scenario 37 arrives in the same batch, right after the first: the
+    person created identified by the first one is not merged away by the second."""
+    await ingest(ingestor, make_event("some event", "new-distinct-id"))
+    first = make_event("$identify", "initial-distinct-id", {"$anon_distinct_id": "anonymous_id"})
+    nested = make_event("$identify", "new-distinct-id", {"$anon_distinct_id": "initial-distinct-id"})
+    assert await ingest(ingestor, first, nested) == [Outcome.INGESTED, Outcome.INGESTED]
+    rows = await persons(pg)
+    assert len(rows) == 2 and all(p["is_identified"] for p in rows)
+
+
+async def test_4_1_38_alias_identified_to_identified(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    client = Client(ingestor)
+    await client.identify("identified_id1")
+    client.state = "identified_id1"
+    await client.send("some event")
+    await client.identify("identified_id2")
+    await client.alias("identified_id1")
+    ((ids, names, identified),) = await _persons_with_events(pg)
+    assert sorted(ids) == ["anonymous_id", "identified_id1", "identified_id2"]
+    assert names == ["$identify", "some event", "$identify", "$create_alias"] and identified
+
+
+@pytest.mark.parametrize(
+    "alias", ["anonymous_id", "initial_distinct_id"], ids=["39_anon_to_identified", "40_identified_to_anon"]
+)
+async def test_4_1_39_40_alias_with_identified(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, alias: str
+) -> None:
+    client = Client(ingestor)
+    await client.identify("initial_distinct_id")
+    client.state = "anonymous_id"
+    await client.send("anonymous event")
+    await client.alias(alias)
+    assert await _persons_with_events(pg) == [
+        (["initial_distinct_id", "anonymous_id"], ["$identify", "anonymous event", "$create_alias"], True)
+    ]
+
+
+async def test_4_1_41_alias_anonymous_to_anonymous(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    client = Client(ingestor)
+    client.state = "anonymous-1"
+    await client.send("anonymous event 1")
+    client.state = "anonymous-2"
+    await client.send("anonymous event 2")
+    await client.alias("anonymous-1")
+    ((ids, names, identified),) = await _persons_with_events(pg)
+    assert sorted(ids) == ["anonymous-1", "anonymous-2"]
+    assert names == ["anonymous event 1", "anonymous event 2", "$create_alias"] and not identified
+
+
+async def test_4_1_42_alias_two_unknown_ids(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    client = Client(ingestor)
+    client.state = "anonymous-1"
+    await client.alias("anonymous-2")
+    assert await _persons_with_events(pg) == [(["anonymous-1", "anonymous-2"], ["$create_alias"], False)]
+
+
+async def test_4_1_43_definitions_from_plain_event(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await ingest(ingestor, make_event("purchase", "xxx", {"price": 299.99, "name": "AirPods Pro"}))
+    assert [r["name"] for r in await pg.fetch("SELECT name FROM posthog_eventdefinition")] == ["purchase"]
+    rows = await pg.fetch("SELECT name, is_numerical FROM posthog_propertydefinition")
+    assert [(r["name"], r["is_numerical"]) for r in rows] == [
+        ("price", True),
+        ("name", False),
+        ("$ip", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [
+        ({"event name": "as object"}, '{"event name":"as object"}'),
+        (["event name", "a list"], '["event name","a list"]'),
+        ("E" * 300, "E" * 200),
+    ],
+    ids=["44_object", "45_array", "46_long"],
+)
+async def test_4_1_44_to_46_event_names(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, name: object, stored: str
+) -> None:
+    await ingest(ingestor, make_event(name, "names"))
+    (event,) = await events(pg)
+    assert event["event"] == stored
+
+
+async def test_4_1_47_bad_uuid(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    outcomes = await ingest(
+        ingestor, make_event(uuid="this is not an uuid"), make_event(uuid=None), make_event("fine")
+    )
+    assert outcomes == [Outcome.DEAD_LETTERED, Outcome.DEAD_LETTERED, Outcome.INGESTED]
+    assert [r["error"] for r in dead_letters.records] == [
+        'Not a valid UUID: "this is not an uuid"',
+        'Not a valid UUID: "null"',
+    ]
+    assert [e["event"] for e in await events(pg)] == ["fine"]
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["48_existing_person", "49_new_person"])
+async def test_4_1_48_49_set_from_any_event(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, existing: bool
+) -> None:
+    if existing:
+        await make_person(pg, ["distinct_id1"])
+    set_props = {"a_prop": "test-1", "c_prop": "test-1"}
+    await ingest(ingestor, make_event("some_event", "distinct_id1", {"$set": set_props}))
+    (event,) = await events(pg)
+    assert event["properties"]["$set"] == set_props
+    (person,) = await persons(pg)
+    assert person["properties"] == set_props
+    assert await distinct_ids_of(pg, person["id"]) == ["distinct_id1"]
+
+
+async def test_4_1_50_set_once_from_any_event(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await make_person(pg, ["distinct_id1"])
+    await ingest(
+        ingestor,
+        make_event("some_event", "distinct_id1", {"$set_once": {"a_prop": "test-1", "c_prop": "test-1"}}),
+    )
+    await ingest(
+        ingestor,
+        make_event("some_event", "distinct_id1", {"$set_once": {"a_prop": "test-2", "b_prop": "test-2b"}}),
+    )
+    (person,) = await persons(pg)
+    assert person["properties"] == {"a_prop": "test-1", "b_prop": "test-2b", "c_prop": "test-1"}
+
+
+async def test_4_1_51_top_level_set_merge(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await make_person(pg, ["distinct_id1"])
+    event = make_event(
+        "some_event",
+        "distinct_id1",
+        {
+            "token": TOKEN,
+            "distinct_id": "distinct_id1",
+            "$set": {"key2": "value3", "key3": "value4"},
+            "$set_once": {"key2_once": "value3", "key3_once": "value4"},
+        },
+        **{
+            "$set": {"key1": "value1", "key2": "value2"},
+            "$set_once": {"key1_once": "value1", "key2_once": "value2"},
+        },
+    )
+    await ingest(ingestor, event)
+    (stored,) = await events(pg)
+    assert stored["properties"]["$set"] == {"key1": "value1", "key2": "value2", "key3": "value4"}
+    assert stored["properties"]["$set_once"] == {
+        "key1_once": "value1",
+        "key2_once": "value2",
+        "key3_once": "value4",
+    }
+    (person,) = await persons(pg)
+    assert person["properties"] == {
+        "key1": "value1",
+        "key2": "value2",
+        "key3": "value4",
+        "key1_once": "value1",
+        "key2_once": "value2",
+        "key3_once": "value4",
+    }
+
+
+async def test_4_1_52_groupidentify_stores_event_only_in_postgres_mode(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    await make_person(pg, ["distinct_id1"])
+    properties = {"$group_type": "organization", "$group_key": "org::5", "$group_set": {"foo": "bar"}}
+    await ingest(ingestor, make_event("$groupidentify", "distinct_id1", properties))
+    assert len(await events(pg)) == 1
+    (person,) = await persons(pg)
+    assert person["properties"] == {}
