@@ -105,9 +105,9 @@ async def known_distinct_ids(
     return {(r["team_id"], r["distinct_id"]) for r in records}
 
 
-def _as_text(distinct_id: Any) -> str:
-    # Postgres compared non-string ids as text in the original.
-    return js_string(distinct_id)
+def _as_text(distinct_id: Any) -> str | None:
+    # Postgres compared non-string ids as text in the original; a missing id stays NULL (and fails).
+    return None if distinct_id is None else js_string(distinct_id)
 
 
 async def create_person(
