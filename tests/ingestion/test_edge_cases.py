@@ -291,3 +291,24 @@ async def test_2_1_dropped_events_and_plugin_view(pg: asyncpg.Pool, settings, de
     assert plugins.ingested[1]["properties"] == {"$elements": elements}
     assert [e["event"] for e in await events(pg)] == ["$autocapture"]
     await ingestor.stop()
+
+
+async def test_person_updates_in_one_batch_apply_in_order(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """Several `$set`s for one person (through two of its distinct ids) in one batch, with an
+    identify in between: the result equals ingesting them one at a time."""
+    await make_person(pg, ["a1", "a2"], {"n": 0})
+    batch = [
+        make_event("e", "a1", {"$set": {"n": 1, "from": "a1"}}),
+        make_event("e", "a2", {"$set": {"n": 2}, "$set_once": {"first": "a2", "from": "ignored"}}),
+        make_event("$identify", "a2", {"$anon_distinct_id": "b1", "$set": {"n": 3}}),
+        make_event("e", "b1", {"$set_once": {"n": 99, "b": True}}),
+        make_event("e", "new-one", {"$set": {"fresh": 1}}),
+    ]
+    assert await ingest(ingestor, *batch) == [Outcome.INGESTED] * 5
+    rows = await persons(pg)
+    assert [(await distinct_ids_of(pg, p["id"]), p["properties"]) for p in rows] == [
+        (["a1", "a2", "b1"], {"n": 3, "from": "a1", "first": "a2", "b": True}),
+        (["new-one"], {"fresh": 1}),
+    ]
