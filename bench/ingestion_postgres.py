@@ -26,7 +26,9 @@ DATABASE = "bench_ingestion_postgres"
 class DiscardDeadLetters:
     count = 0
 
-    async def record(self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: object) -> None:
+    async def record(
+        self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: object
+    ) -> None:
         self.count += 1
 
 
@@ -40,7 +42,11 @@ def _event(distinct_id: str, now: str, i: int) -> IncomingEvent:
         "sent_at": now,
         "uuid": uuidt(),
         "event": "$pageview",
-        "properties": {"$current_url": f"https://example.com/page/{i % 50}", "$lib": "web", "$browser": "Chrome"},
+        "properties": {
+            "$current_url": f"https://example.com/page/{i % 50}",
+            "$lib": "web",
+            "$browser": "Chrome",
+        },
         "timestamp": now,
     }
     return IncomingEvent(team_id=2, event=event, raw=b"", source="celery")
