@@ -61,7 +61,6 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
     InvalidTimestamp,
     InvalidElements,
     UnknownTeam,
-    LookupError,
     *EVENT_DATA_ERRORS,
 )
 
@@ -79,7 +78,9 @@ def _reason(error: BaseException) -> str:
         return "invalid_timestamp"
     if isinstance(error, asyncpg.PostgresError):
         return "database_error"
-    return "invalid_event"
+    if isinstance(error, EVENT_ERRORS):
+        return "invalid_event"
+    return "unexpected_error"
 
 
 @dataclass(slots=True)
@@ -130,11 +131,13 @@ class PostgresIngestor:
         events = await self._run_plugins(batch, outcomes)
         failures: list[_Failure] = []
         prepared = await self._prepare(events, failures)
+        # Dead-letter what failed before writing: should that fail, nothing of the batch is saved
+        # yet and a retry of the batch makes no duplicates.
+        await self._dead_letter_all(batch, events, failures, outcomes)
         if prepared:
+            failures = []
             await self._write(prepared, failures)
-        for failure in failures:
-            outcomes[failure.position] = Outcome.DEAD_LETTERED
-            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
+            await self._dead_letter_all(batch, events, failures, outcomes)
         for item in prepared:
             if outcomes[item.position] is Outcome.INGESTED and item.matched:
                 self.hooks.fire(item.view, item.person, item.matched)
@@ -187,6 +190,10 @@ class PostgresIngestor:
                     await self.group_types.add_group_properties(item.team.id, item.properties)
                 finish_properties(item, self._max_bytes)
             except EVENT_ERRORS as error:
+                failures.append(_Failure(position, error))
+                continue
+            except Exception as error:  # never let one odd event block its whole batch
+                log.exception("event_preparation_crashed", uuid=event.get("uuid"))
                 failures.append(_Failure(position, error))
                 continue
             prepared.append(item)
@@ -280,6 +287,17 @@ class PostgresIngestor:
             return set()
         rows = await conn.fetch(SELECT_COHORT_MEMBERS, list(cohort_ids), list(person_ids))
         return {(r["cohort_id"], r["person_id"]) for r in rows}
+
+    async def _dead_letter_all(
+        self,
+        batch: Sequence[IncomingEvent],
+        events: Sequence[PluginEvent | None],
+        failures: list[_Failure],
+        outcomes: list[Outcome],
+    ) -> None:
+        for failure in failures:
+            outcomes[failure.position] = Outcome.DEAD_LETTERED
+            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
 
     async def _dead_letter(
         self, incoming: IncomingEvent, event: PluginEvent | None, error: BaseException
