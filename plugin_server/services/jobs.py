@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -151,7 +152,7 @@ class GraphileJobQueue:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         concurrency: int = 4,
         poll_interval: float = 1.0,
-        job_expiry: str = "4 hours",
+        job_expiry: timedelta = timedelta(hours=4),
         stop_timeout: float = 30.0,
     ) -> None:
         if pool is None and dsn is None:
