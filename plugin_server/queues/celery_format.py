@@ -77,7 +77,9 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     """Decode one Redis list element into a task. Raises `CeleryMessageError`."""
     envelope = _loads(raw, "queue element")
     if not isinstance(envelope, dict):
-        raise CeleryMessageError("bad_envelope", f"queue element is a JSON {type(envelope).__name__}, not an object")
+        raise CeleryMessageError(
+            "bad_envelope", f"queue element is a JSON {type(envelope).__name__}, not an object"
+        )
     if envelope.get("content-type") != "application/json":
         raise CeleryMessageError(
             "unsupported_content_type", f"unsupported content type {envelope.get('content-type')!r}"
@@ -91,7 +93,8 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
         )
     if envelope.get("content-encoding") != "utf-8":
         raise CeleryMessageError(
-            "unsupported_content_encoding", f"unsupported content encoding {envelope.get('content-encoding')!r}"
+            "unsupported_content_encoding",
+            f"unsupported content encoding {envelope.get('content-encoding')!r}",
         )
     headers = envelope.get("headers")
     if not isinstance(headers, dict):
@@ -195,7 +198,9 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
     team is the one the capture endpoint authenticated, never one named inside the payload.
     """
     if task.name != PROCESS_EVENT_TASK:
-        raise CeleryMessageError("unknown_task", f"Missing process handler for task {task.name}", task=task.name)
+        raise CeleryMessageError(
+            "unknown_task", f"Missing process handler for task {task.name}", task=task.name
+        )
     args = task.args
     if len(args) < 6:
         raise CeleryMessageError(
@@ -205,7 +210,9 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
     data = args[3]
     if not isinstance(data, dict):
         raise CeleryMessageError(
-            "bad_arguments", f"event data argument is not an object: {type(data).__name__}", task=task.name,
+            "bad_arguments",
+            f"event data argument is not an object: {type(data).__name__}",
+            task=task.name,
             team_id=team_id,
         )
     # Six arguments: sent_at travelled as a keyword (the original would have bound the kwargs object).
@@ -231,7 +238,9 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
 def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]:
     """The plugin job a `posthog.tasks.plugins.plugin_job` task asks for (spec/services.md §5.1)."""
     if task.name != PLUGIN_JOB_TASK:
-        raise CeleryMessageError("unknown_task", f"Missing process handler for task {task.name}", task=task.name)
+        raise CeleryMessageError(
+            "unknown_task", f"Missing process handler for task {task.name}", task=task.name
+        )
     if len(task.args) < 5:
         raise CeleryMessageError(
             "bad_arguments", f"{PLUGIN_JOB_TASK} needs 5 arguments, got {len(task.args)}", task=task.name
@@ -240,11 +249,17 @@ def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]
     team_id = _team_id(team, task.name)
     if isinstance(config_id, bool) or not isinstance(config_id, int):
         raise CeleryMessageError(
-            "bad_arguments", f"plugin config id is not an integer: {config_id!r}", task=task.name, team_id=team_id
+            "bad_arguments",
+            f"plugin config id is not an integer: {config_id!r}",
+            task=task.name,
+            team_id=team_id,
         )
     if not isinstance(job_type, str) or not isinstance(payload, dict):
         raise CeleryMessageError(
-            "bad_arguments", "plugin job needs a type string and a payload object", task=task.name, team_id=team_id
+            "bad_arguments",
+            "plugin job needs a type string and a payload object",
+            task=task.name,
+            team_id=team_id,
         )
     return {
         "type": job_type,
