@@ -15,7 +15,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,9 @@ EXPORT_METRICS = {
 }
 
 EXPORTED = Counter(
-    "plugin_server_export_events_total", "Events handed to exportEvents, by outcome", ["outcome"],
+    "plugin_server_export_events_total",
+    "Events handed to exportEvents, by outcome",
+    ["outcome"],
     registry=REGISTRY,
 )
 
@@ -92,7 +94,10 @@ class ExportBuffer:
     """The buffer of one plugin config."""
 
     def __init__(
-        self, plugin_config_id: int, settings: ExportSettings, export: Callable[[list[Any]], Awaitable[None]]
+        self,
+        plugin_config_id: int,
+        settings: ExportSettings,
+        export: Callable[[list[Any]], Coroutine[Any, Any, None]],
     ) -> None:
         self.plugin_config_id = plugin_config_id
         self.settings = settings
@@ -227,7 +232,11 @@ class ExportEventsBuffers:
             EXPORTED.labels("dropped").inc(count)
             log.warning("export batch dropped after retries", plugin_config_id=plugin_config_id, events=count)
             return
-        next_payload = {"batch": batch, "batchId": payload.get("batchId"), "retriesPerformedSoFar": retries + 1}
+        next_payload = {
+            "batch": batch,
+            "batchId": payload.get("batchId"),
+            "retriesPerformedSoFar": retries + 1,
+        }
         run_at = int(time.time() * 1000) + 3000 * 2 ** (retries + 1)
         try:
             await self._enqueue_job(plugin_config_id, EXPORT_JOB, next_payload, run_at)

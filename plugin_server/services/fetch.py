@@ -30,7 +30,9 @@ MAX_REDIRECTS = 10
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 FETCHES = Counter(
-    "plugin_server_plugin_fetches_total", "HTTP requests made for plugins, by outcome", ["outcome"],
+    "plugin_server_plugin_fetches_total",
+    "HTTP requests made for plugins, by outcome",
+    ["outcome"],
     registry=REGISTRY,
 )
 
@@ -75,7 +77,9 @@ class _PublicOnlyResolver(AbstractResolver):
     def __init__(self) -> None:
         self._inner = ThreadedResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         allowed = [r for r in results if address_allowed(r["host"])]
         if not allowed:
@@ -133,12 +137,12 @@ class PluginFetch:
         method: str = "GET",
         headers: Mapping[str, str] | None = None,
         body: bytes | str | None = None,
-        timeout: float | None = None,
+        time_limit: float | None = None,
         follow_redirects: bool = True,
     ) -> FetchResponse:
         if self._session is None:
             raise FetchError("fetch is not started")
-        budget = aiohttp.ClientTimeout(total=min(timeout or self._timeout, self._timeout))
+        budget = aiohttp.ClientTimeout(total=min(time_limit or self._timeout, self._timeout))
         method = method.upper()
         data: bytes | None = body.encode() if isinstance(body, str) else body
         try:

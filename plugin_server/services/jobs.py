@@ -41,8 +41,10 @@ JOBS_DISPATCHED = Counter(
     "plugin_server_jobs_dispatched_total", "Plugin jobs handed to their plugin", registry=REGISTRY
 )
 JOBS_FAILED = Counter(
-    "plugin_server_jobs_failed_total", "Plugin job runs that failed and were left for a retry (or gave up)",
-    ["outcome"], registry=REGISTRY,
+    "plugin_server_jobs_failed_total",
+    "Plugin job runs that failed and were left for a retry (or gave up)",
+    ["outcome"],
+    registry=REGISTRY,
 )
 QUEUE_PAUSED = Gauge(
     "plugin_server_queue_paused", "1 while a consumer is paused", ["queue"], registry=REGISTRY
@@ -193,7 +195,9 @@ class GraphileJobQueue:
 
     async def enqueue(self, job: EnqueuedJob) -> None:
         pool = await self._get_pool()
-        await pool.fetchval(self._sql["ADD_JOB"], json.dumps(job.to_json()), job.timestamp, self._max_attempts)
+        await pool.fetchval(
+            self._sql["ADD_JOB"], json.dumps(job.to_json()), job.timestamp, self._max_attempts
+        )
         JOBS_ENQUEUED.labels(self.kind).inc()
 
     async def start_consumer(self, handler: JobHandler) -> None:
@@ -276,7 +280,9 @@ class GraphileJobQueue:
         JOBS_FAILED.labels("gave_up" if gave_up else "retry").inc()
         log.warning(
             "plugin job failed" + ("; giving up" if gave_up else "; will retry"),
-            job_type=job.type, plugin_config_id=job.plugin_config_id, error=message,
+            job_type=job.type,
+            plugin_config_id=job.plugin_config_id,
+            error=message,
             attempts=row["attempts"] if row else None,
         )
 
@@ -316,7 +322,13 @@ class GraphileJobQueue:
 
 
 _QUERY_NAMES = (
-    "ADD_JOB", "GET_JOB", "COMPLETE_JOB", "FAIL_JOB", "GIVE_UP_JOB", "NEXT_RUN_AT", "UNLOCK_ABANDONED",
+    "ADD_JOB",
+    "GET_JOB",
+    "COMPLETE_JOB",
+    "FAIL_JOB",
+    "GIVE_UP_JOB",
+    "NEXT_RUN_AT",
+    "UNLOCK_ABANDONED",
     "SCHEMA_VERSION",
 )
 
@@ -370,7 +382,9 @@ class JobQueueManager:
         return [b.kind for b in self._backends]
 
     async def connect(self) -> None:
-        results = await asyncio.gather(*(b.connect_producer() for b in self._backends), return_exceptions=True)
+        results = await asyncio.gather(
+            *(b.connect_producer() for b in self._backends), return_exceptions=True
+        )
         connected = []
         for backend, result in zip(self._backends, results, strict=True):
             if isinstance(result, BaseException):
@@ -423,7 +437,9 @@ def build_job_queues(
     for kind in kinds:
         if kind == "graphile":
             backends.append(
-                GraphileJobQueue(schema=schema, dsn=dsn, pool=None if dsn else pool, max_attempts=max_attempts)
+                GraphileJobQueue(
+                    schema=schema, dsn=dsn, pool=None if dsn else pool, max_attempts=max_attempts
+                )
             )
         else:
             backends.append(UnsupportedJobQueue(kind))

@@ -23,11 +23,15 @@ RELOAD_ACTION_CHANNEL = "reload-action"
 DROP_ACTION_CHANNEL = "drop-action"
 
 RELOADS = Counter(
-    "plugin_server_plugin_reloads_total", "Plugin reloads run (bursts of messages coalesced)", ["outcome"],
+    "plugin_server_plugin_reloads_total",
+    "Plugin reloads run (bursts of messages coalesced)",
+    ["outcome"],
     registry=REGISTRY,
 )
 RELOAD_MESSAGES = Counter(
-    "plugin_server_reload_messages_total", "Messages received on the reload channels", ["channel"],
+    "plugin_server_reload_messages_total",
+    "Messages received on the reload channels",
+    ["channel"],
     registry=REGISTRY,
 )
 
@@ -112,7 +116,9 @@ class ReloadListener:
             else:
                 await self._actions.drop_action(team_id, action_id)
         except Exception as exc:
-            log.error("action reload failed", channel=channel, team_id=team_id, action_id=action_id, error=repr(exc))
+            log.error(
+                "action reload failed", channel=channel, team_id=team_id, action_id=action_id, error=repr(exc)
+            )
 
     async def _reload_forever(self) -> None:
         while not self._stopping:

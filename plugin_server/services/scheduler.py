@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 
 import redis.asyncio as aioredis
 from croniter import croniter
@@ -31,17 +32,22 @@ CRONS: Mapping[str, str] = {
 PERIOD_CLAIM_PREFIX = "plugin-server:schedule-period:"
 
 TASKS_DISPATCHED = Counter(
-    "plugin_server_scheduled_tasks_dispatched_total", "Scheduled plugin tasks started", ["task"],
+    "plugin_server_scheduled_tasks_dispatched_total",
+    "Scheduled plugin tasks started",
+    ["task"],
     registry=REGISTRY,
 )
 TASKS_SKIPPED = Counter(
     "plugin_server_scheduled_tasks_skipped_total",
-    "Scheduled plugin tasks not started because the previous run was still going", ["task"],
+    "Scheduled plugin tasks not started because the previous run was still going",
+    ["task"],
     registry=REGISTRY,
 )
 TASK_ERRORS = Counter(
-    "plugin_server_plugin_task_errors_total", "Plugin tasks and jobs that failed on the host side",
-    ["kind", "task"], registry=REGISTRY,
+    "plugin_server_plugin_task_errors_total",
+    "Plugin tasks and jobs that failed on the host side",
+    ["kind", "task"],
+    registry=REGISTRY,
 )
 
 log = get_logger(__name__)
@@ -117,10 +123,13 @@ class Scheduler:
                 continue
             run = asyncio.create_task(self._run(task, config_id), name=f"{task}:{config_id}")
             self._pending[key] = run
-            run.add_done_callback(lambda _t, key=key: self._pending.pop(key, None))
+            run.add_done_callback(partial(self._forget, key))
             TASKS_DISPATCHED.labels(task).inc()
             started.append(config_id)
         return started
+
+    def _forget(self, key: tuple[str, int], _run: asyncio.Task[None]) -> None:
+        self._pending.pop(key, None)
 
     async def _claim_period(self, task: str, period: float) -> bool:
         key = f"{PERIOD_CLAIM_PREFIX}{task}:{int(period)}"
@@ -134,10 +143,10 @@ class Scheduler:
             TASK_ERRORS.labels("schedule", task).inc()
             log.error("scheduled task failed", task=task, plugin_config_id=config_id, error=repr(exc))
 
-    async def wait_for_pending(self, timeout: float | None = None) -> None:
+    async def wait_for_pending(self, within: float | None = None) -> None:
         runs = list(self._pending.values())
         if runs:
-            await asyncio.wait(runs, timeout=timeout)
+            await asyncio.wait(runs, timeout=within)
 
     async def stop(self) -> None:
         self._stopped = True

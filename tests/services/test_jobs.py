@@ -33,8 +33,8 @@ def job(payload: Any = None, *, due_in_ms: int = 0, type_: str = "pluginJob") ->
     return EnqueuedJob(type_, payload, int(time.time() * 1000) + due_in_ms, 2, 3)
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -45,7 +45,8 @@ async def test_9_10_37_migration_creates_graphile_schema_once(pg: asyncpg.Pool, 
     ids = [r["id"] for r in await pg.fetch("SELECT id FROM graphile_worker.migrations ORDER BY id")]
     assert ids == list(range(1, 9))
     tables = {
-        r["tablename"] for r in await pg.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", SCHEMA)
+        r["tablename"]
+        for r in await pg.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", SCHEMA)
     }
     assert tables == {"migrations", "jobs", "job_queues", "known_crontabs"}
     assert await migrate(pg_dsn) == []  # a second run is a no-op
@@ -106,7 +107,7 @@ async def test_new_job_wakes_consumer_without_polling(pg: asyncpg.Pool) -> None:
     try:
         await asyncio.sleep(0.2)  # consumers are idle, waiting up to a minute
         await queue.enqueue(job({"n": 1}))
-        await wait_for(lambda: received, timeout=5)  # LISTEN jobs:insert woke them
+        await wait_for(lambda: received, within=5)  # LISTEN jobs:insert woke them
     finally:
         await queue.stop_consumer()
 
@@ -124,7 +125,7 @@ async def test_failing_job_is_retried_with_backoff_then_succeeds(pg: asyncpg.Poo
     await queue.enqueue(job({"x": 1}))
     await queue.start_consumer(handler)
     try:
-        await wait_for(lambda: len(attempts) >= 2, timeout=10)
+        await wait_for(lambda: len(attempts) >= 2, within=10)
         await wait_for(lambda: True)
     finally:
         await queue.stop_consumer()
@@ -258,7 +259,7 @@ async def test_9_10_45_only_the_lock_holder_consumes(pg: asyncpg.Pool, redis: ai
         assert hosts[1 - holder].runs == []
         # the holder stops: the other takes the lock and the jobs
         await consumers[holder].stop()
-        await wait_for(lambda: consumers[1 - holder].lock.held, timeout=5)
+        await wait_for(lambda: consumers[1 - holder].lock.held, within=5)
         await producer.enqueue(job({"i": 10}, type_="logReply"))
         await wait_for(lambda: len(hosts[1 - holder].runs) == 1)
     finally:

@@ -19,8 +19,8 @@ def new_redis() -> aioredis.Redis:
     return aioredis.Redis.from_url(REDIS_URL)
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -105,11 +105,11 @@ async def test_9_2_6_lock_hand_over_between_three_schedulers(redis: aioredis.Red
     assert locked == ["a"]
     assert not b.held and not c.held
     await a.stop()
-    await wait_for(lambda: b.held or c.held, timeout=1.0)  # within about one retry delay (0.3 s)
+    await wait_for(lambda: b.held or c.held, within=1.0)  # within about one retry delay (0.3 s)
     second, last = (b, c) if b.held else (c, b)
     assert not last.held
     await second.stop()
-    await wait_for(lambda: last.held, timeout=1.0)
+    await wait_for(lambda: last.held, within=1.0)
     await last.stop()
     assert len(locked) == 3
     assert await redis.get(SCHEDULE_LOCK_KEY) is None  # released on stop
@@ -125,12 +125,12 @@ async def test_lock_loss_stops_dispatch_at_once(redis: aioredis.Redis) -> None:
         await scheduler.wait_for_pending()
         # another instance takes the key (e.g. after a Redis fail-over lost it)
         await redis.set(SCHEDULE_LOCK_KEY, "someone-else", px=60_000)
-        await wait_for(lambda: not scheduler.lock.held, timeout=1.0)  # at the next extension (0.5 s)
+        await wait_for(lambda: not scheduler.lock.held, within=1.0)  # at the next extension (0.5 s)
         assert await scheduler.dispatch("runEveryMinute") == []
         assert len(tasks.runs) == 1
         # once the other holder is gone, it competes again and resumes
         await redis.delete(SCHEDULE_LOCK_KEY)
-        await wait_for(lambda: scheduler.lock.held, timeout=2.0)
+        await wait_for(lambda: scheduler.lock.held, within=2.0)
         assert await scheduler.dispatch("runEveryMinute") == [39]
     finally:
         await scheduler.stop()
