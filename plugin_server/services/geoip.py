@@ -43,6 +43,7 @@ _STATUS_POLL_SECONDS = 0.2
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _FILENAME = re.compile(r'filename="?([^";]+)"?')
 
+MMDB_AVAILABLE = Gauge("plugin_server_mmdb_available", "1 when a GeoIP database is loaded", registry=REGISTRY)
 MMDB_AGE = Gauge("plugin_server_mmdb_age_days", "Age of the GeoIP database in use", registry=REGISTRY)
 LOOKUP_SECONDS = Histogram(
     "plugin_server_mmdb_lookup_duration_seconds",
@@ -127,9 +128,19 @@ class GeoIp:
         self.file_name: str | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
+        self._preparing = not disabled
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        try:
+            await self._load()
+        finally:
+            self._preparing = False
+            MMDB_AVAILABLE.set(1 if self._reader is not None else 0)
+        if not self.disabled and not self._file_path:
+            self._checker = asyncio.create_task(self._check_forever(), name="mmdb-staleness")
+
+    async def _load(self) -> None:
         if self.disabled:
             log.info("GeoIP disabled (DISABLE_MMDB)")
             return
@@ -143,7 +154,6 @@ class GeoIp:
                 )
             return
         await self.prepare()
-        self._checker = asyncio.create_task(self._check_forever(), name="mmdb-staleness")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._checker, *self._background) if t is not None]
@@ -154,9 +164,12 @@ class GeoIp:
             self._reader.close()
 
     def ready(self) -> tuple[bool, str]:
-        if self.disabled or self._reader is not None:
-            return True, ""
-        return False, "GeoIP database unavailable"
+        # Not ready while the database is being prepared. A database that cannot be had does
+        # not hold the server back (everything but geoip works): it shows as
+        # plugin_server_mmdb_available 0 and in the log, and lookups fail with the clear error.
+        if self._preparing:
+            return False, "GeoIP database loading"
+        return True, ""
 
     @property
     def has_reader(self) -> bool:
@@ -180,6 +193,7 @@ class GeoIp:
     # ------------------------------------------------------------------ database
     def _use(self, data: bytes, file_name: str) -> None:
         old, self._reader = self._reader, open_reader(data)
+        MMDB_AVAILABLE.set(1)
         self.file_name = file_name
         day = file_date(file_name)
         if day is not None:

@@ -372,6 +372,8 @@ class JobQueueError(RuntimeError):
 class JobQueueManager:
     """The configured backends in JOB_QUEUES order: enqueue tries them in turn."""
 
+    name = "job-queues"
+
     def __init__(self, backends: Sequence[JobQueueBackend], *, crash_if_none: bool = False) -> None:
         self.configured_kinds = [b.kind for b in backends]
         self._backends = list(backends)
@@ -395,6 +397,12 @@ class JobQueueManager:
                 log.info("connected to job queue producer", backend=backend.kind)
                 connected.append(backend)
         self._backends = connected
+
+    async def start(self) -> None:
+        await self.connect()
+
+    async def stop(self) -> None:
+        await self.disconnect()
 
     async def enqueue(self, job: EnqueuedJob) -> None:
         for backend in self._backends:

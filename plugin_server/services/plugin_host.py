@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 
@@ -64,6 +64,7 @@ class ReloadHost(Protocol):
         ...
 
 
+@runtime_checkable
 class ActionReloadHost(Protocol):
     async def reload_action(self, team_id: int, action_id: int) -> None: ...
 
@@ -71,8 +72,18 @@ class ActionReloadHost(Protocol):
 
 
 class ExportHost(Protocol):
+    def config_ref(self, plugin_config_id: int) -> PluginConfigRef | None:
+        """The loaded config with this id, if any."""
+        ...
+
     async def export_events(self, plugin_config_id: int, events: Sequence[dict[str, Any]]) -> None:
         """Call the plugin's exportEvents; raises PluginCallError (retry=True for RetryError)."""
         ...
 
     async def record_error(self, plugin_config_id: int, error: PluginCallError) -> None: ...
+
+
+class PluginHost(ScheduledTaskHost, JobHost, ExportHost, Protocol):
+    """Everything the plugin registry offers the services that drive plugins."""
+
+    async def reload_plugins(self) -> None: ...

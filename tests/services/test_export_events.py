@@ -171,7 +171,9 @@ def test_config_parsing_follows_parse_int() -> None:
     assert parse_js_int("2MB") == 2
     assert parse_js_int(" 0x10") == 16
     assert parse_js_int("nope") is None
-    settings = ExportSettings.from_config({"exportEventsBufferBytes": "0", "exportEventsBufferSeconds": "9999"})
+    settings = ExportSettings.from_config(
+        {"exportEventsBufferBytes": "0", "exportEventsBufferSeconds": "9999"}
+    )
     assert (settings.limit_bytes, settings.timeout_seconds) == (1, 600)
     assert ExportSettings.from_config({}).timeout_seconds == 10
     assert ExportSettings.from_config({}, test_mode=True).timeout_seconds == 600
@@ -197,7 +199,9 @@ class ReloadingHost:
 
 async def test_reload_while_events_flow_loses_none(redis: aioredis.Redis, pg: asyncpg.Pool) -> None:
     exporter, recorder = Exporter(delay=0.01), Recorder()
-    made = buffers(exporter, recorder, {"exportEventsBufferBytes": "5000", "exportEventsBufferSeconds": "600"})
+    made = buffers(
+        exporter, recorder, {"exportEventsBufferBytes": "5000", "exportEventsBufferSeconds": "600"}
+    )
     host = ReloadingHost(made, exporter)
     listener = ReloadListener(aioredis.Redis.from_url(REDIS_URL), host, plugins_channel="reload-plugins")
     await listener.start()
@@ -255,7 +259,9 @@ class Actions:
 
 async def test_reload_bursts_are_serialised_and_coalesced(redis: aioredis.Redis) -> None:
     host, actions = CountingHost(), Actions()
-    listener = ReloadListener(aioredis.Redis.from_url(REDIS_URL), host, actions, plugins_channel="reload-plugins")
+    listener = ReloadListener(
+        aioredis.Redis.from_url(REDIS_URL), host, actions, plugins_channel="reload-plugins"
+    )
     await listener.start()
     try:
         await redis.publish("reload-plugins", "reload!")

@@ -17,6 +17,7 @@ from aiohttp import web
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from plugin_server.metrics import REGISTRY
 from plugin_server.services.geoip import (
     MMDB_ATTACHMENT_KEY,
     MMDB_STATUS_KEY,
@@ -38,9 +39,16 @@ def mmdb_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
             "city": {"geoname_id": 2694762, "names": {"en": "Linköping", "pt-BR": "Linköping"}},
             "continent": {"code": "EU", "geoname_id": 6255148, "names": {"en": "Europe"}},
             "country": {"geoname_id": 2661886, "iso_code": "SE", "names": {"en": "Sweden"}},
-            "location": {"accuracy_radius": 76, "latitude": 58.4167, "longitude": 15.6167, "time_zone": "Europe/Stockholm"},
+            "location": {
+                "accuracy_radius": 76,
+                "latitude": 58.4167,
+                "longitude": 15.6167,
+                "time_zone": "Europe/Stockholm",
+            },
             "postal": {"code": "583 31"},
-            "subdivisions": [{"geoname_id": 2685867, "iso_code": "E", "names": {"en": "Östergötland County"}}],
+            "subdivisions": [
+                {"geoname_id": 2685867, "iso_code": "E", "names": {"en": "Östergötland County"}}
+            ],
         },
     )
     path = tmp_path_factory.mktemp("mmdb") / "GeoLite2-City-Test.mmdb"
@@ -58,7 +66,10 @@ async def store_row(pg: asyncpg.Pool, data: bytes, file_name: str) -> None:
     await pg.execute(
         "INSERT INTO posthog_pluginattachment (key, content_type, file_name, file_size, contents)"
         " VALUES ($1, 'vnd.maxmind.maxmind-db', $2, $3, $4)",
-        MMDB_ATTACHMENT_KEY, file_name + ".br", len(compressed), compressed,
+        MMDB_ATTACHMENT_KEY,
+        file_name + ".br",
+        len(compressed),
+        compressed,
     )
 
 
@@ -167,14 +178,20 @@ async def test_9_10_43_unavailable_status_means_no_download(
             assert server.requests == []
             with pytest.raises(GeoIpUnavailable, match="not available in this PostHog instance"):
                 geoip.locate(KNOWN_IP)
-            assert geoip.ready() == (False, "GeoIP database unavailable")
+            # the server is not held back; the gauge and the lookups say GeoIP is missing
+            assert geoip.ready() == (True, "")
+            assert REGISTRY.get_sample_value("plugin_server_mmdb_available") == 0
         finally:
             await geoip.stop()
 
 
-async def test_download_failure_is_graceful_and_marks_unavailable(pg: asyncpg.Pool, redis: aioredis.Redis) -> None:
+async def test_download_failure_is_graceful_and_marks_unavailable(
+    pg: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
     # nothing listens there: no network, as on an air-gapped host
-    geoip = GeoIp(disabled=False, postgres=pg, redis=redis, download_url="http://127.0.0.1:9/", download_timeout=2)
+    geoip = GeoIp(
+        disabled=False, postgres=pg, redis=redis, download_url="http://127.0.0.1:9/", download_timeout=2
+    )
     await geoip.start()
     try:
         assert not geoip.has_reader
@@ -208,7 +225,9 @@ async def test_9_10_44_stale_database_served_then_replaced(
             await geoip.stop()
 
 
-async def test_invalid_stored_file_name_is_an_error(pg: asyncpg.Pool, redis: aioredis.Redis, mmdb_bytes: bytes) -> None:
+async def test_invalid_stored_file_name_is_an_error(
+    pg: asyncpg.Pool, redis: aioredis.Redis, mmdb_bytes: bytes
+) -> None:
     await store_row(pg, mmdb_bytes, "GeoLite2-City-latest.mmdb")
     geoip = GeoIp(disabled=False, postgres=pg, redis=redis)
     with pytest.raises(RuntimeError, match="must include an ISO date"):
@@ -225,5 +244,6 @@ async def test_mmdb_file_path(tmp_path: Path, mmdb_bytes: bytes) -> None:
     finally:
         await geoip.stop()
     missing = GeoIp(disabled=False, file_path=str(tmp_path / "missing.mmdb"))
+    assert missing.ready() == (False, "GeoIP database loading")
     await missing.start()
-    assert missing.ready()[0] is False
+    assert not missing.has_reader

@@ -58,13 +58,20 @@ class Producer:
 
 async def test_capture_in_kafka_mode(redis: aioredis.Redis) -> None:
     producer = Producer()
-    capture = PluginCapture(redis, celery_queue=QUEUE, kafka_producer=producer, kafka_topic="events_plugin_ingestion")
+    capture = PluginCapture(
+        redis, celery_queue=QUEUE, kafka_producer=producer, kafka_topic="events_plugin_ingestion"
+    )
     await capture.capture(REF, "ev", {"distinct_id": "someone"})
     [(topic, key, value)] = producer.sent
     message = json.loads(value)
     data = json.loads(message["data"])
     assert topic == "events_plugin_ingestion" and key.decode() == message["uuid"] == data["uuid"]
-    assert (message["distinct_id"], message["ip"], message["site_url"], message["team_id"]) == ("someone", "", "", 2)
+    assert (message["distinct_id"], message["ip"], message["site_url"], message["team_id"]) == (
+        "someone",
+        "",
+        "",
+        2,
+    )
     assert message["now"] == message["sent_at"] == data["timestamp"]
     assert await redis.llen(QUEUE) == 0
 
@@ -91,7 +98,9 @@ async def test_api_calls_with_team_token_and_org_scoped_bot_key(pg: asyncpg.Pool
     api = PosthogApi(pg, fetch)
     try:
         async with local_server(api_handler) as server:
-            response = await api.call(REF, "get", "/api/event", {"host": server.url, "data": {"url": "param"}})
+            response = await api.call(
+                REF, "get", "/api/event", {"host": server.url, "data": {"url": "param"}}
+            )
             assert response.status == 200
             await api.call(REF, "post", "/api/thing", {"host": server.url, "data": {"x": 1}})
         (m1, path1, headers1, _), (m2, path2, headers2, body2) = server.requests
@@ -102,7 +111,8 @@ async def test_api_calls_with_team_token_and_org_scoped_bot_key(pg: asyncpg.Pool
         assert key.startswith("phx_") and headers2["Authorization"] == headers1["Authorization"]
         bot = await pg.fetchrow(
             "SELECT u.email, u.first_name, m.organization_id FROM posthog_user u"
-            " JOIN posthog_organizationmembership m ON m.user_id = u.id WHERE u.email LIKE '%@posthogbot.user'"
+            " JOIN posthog_organizationmembership m ON m.user_id = u.id"
+            " WHERE u.email LIKE '%@posthogbot.user'"
         )
         assert bot["first_name"] == "Plugins API User [Bot]"
         assert await pg.fetchval("SELECT value FROM posthog_personalapikey") == key
