@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -331,6 +333,29 @@ _QUERY_NAMES = (
     "UNLOCK_ABANDONED",
     "SCHEMA_VERSION",
 )
+
+
+SCHEMA_MIGRATION = Path(__file__).parent.parent / "db" / "migrations" / "0040_graphile_worker.sql"
+# pg_advisory_lock key for job-queue schema installs (any constant shared by all instances)
+_SCHEMA_LOCK_KEY = 0x6A6F62735F716C6B
+
+
+async def migrate_job_queue(dsn: str, schema: str) -> None:
+    """Install the job queue schema in a database of its own (JOB_QUEUE_GRAPHILE_URL), once,
+    under an advisory lock; a no-op when it is there already."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    sql = SCHEMA_MIGRATION.read_text().replace("{graphile_schema}", schema)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK_KEY)
+        try:
+            async with conn.transaction():
+                await conn.execute(sql)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK_KEY)
+    finally:
+        await conn.close()
 
 
 def _quote_ident(name: str) -> str:

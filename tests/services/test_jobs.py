@@ -21,6 +21,7 @@ from plugin_server.services.jobs import (
     JobQueueManager,
     build_job_queues,
     job_from_celery_plugin_job,
+    migrate_job_queue,
     unit_ms,
 )
 from plugin_server.services.plugin_host import JobRetry
@@ -286,3 +287,17 @@ def test_9_9_33_celery_plugin_job_becomes_a_job() -> None:
         "pluginConfigId": 39,
         "pluginConfigTeam": 2,
     }
+
+
+async def test_job_queue_schema_in_a_separate_database_and_schema(pg: asyncpg.Pool, pg_dsn: str) -> None:
+    """JOB_QUEUE_GRAPHILE_URL / _SCHEMA: installed once, idempotently, under the given schema."""
+    await migrate_job_queue(pg_dsn, "graphile_other")
+    await migrate_job_queue(pg_dsn, "graphile_other")
+    ids = [r["id"] for r in await pg.fetch("SELECT id FROM graphile_other.migrations ORDER BY id")]
+    assert ids == list(range(1, 9))
+    queue = GraphileJobQueue(schema="graphile_other", dsn=pg_dsn)
+    await queue.connect_producer()
+    await queue.enqueue(job({"separate": True}))
+    await queue.disconnect()
+    assert await pg.fetchval("SELECT count(*) FROM graphile_other.jobs") == 1
+    await pg.execute("DROP SCHEMA graphile_other CASCADE")
