@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -98,7 +97,7 @@ class JSPluginHost:
         }
         if event is not None:
             data["event"] = event
-        await self.pg.execute(SET_PLUGIN_CONFIG_ERROR, json.dumps(data), self.ref.plugin_config_id)
+        await self.pg.execute(SET_PLUGIN_CONFIG_ERROR, data, self.ref.plugin_config_id)
         await self.log("PLUGIN", "ERROR", error.message, now)
 
     # -- console

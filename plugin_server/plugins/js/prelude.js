@@ -78,12 +78,14 @@
   function startTimer(ms, callback) {
     const handle = { live: true };
     const cell = new Int32Array(new SharedArrayBuffer(4));
-    Atomics.waitAsync(cell, 0, 0, Math.max(0, ms)).value.then(() => {
+    const fire = () => {
       if (handle.live) {
         handle.live = false;
         callback();
       }
-    });
+    };
+    // A zero wait answers synchronously ({async: false}); 1 ms keeps timers macrotasks.
+    Atomics.waitAsync(cell, 0, 0, Math.max(1, ms)).value.then(fire);
     return handle;
   }
   function stopTimer(handle) {

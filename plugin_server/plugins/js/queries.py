@@ -21,4 +21,4 @@ INSERT INTO posthog_pluginlogentry
     (id, team_id, plugin_id, plugin_config_id, timestamp, source, type, message, instance_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
-SET_PLUGIN_CONFIG_ERROR = "UPDATE posthog_pluginconfig SET error = $1::jsonb WHERE id = $2"
+SET_PLUGIN_CONFIG_ERROR = "UPDATE posthog_pluginconfig SET error = $1 WHERE id = $2"
