@@ -173,29 +173,7 @@ class JSPluginHost:
     async def _op_fetch(self, url: str, request: dict[str, Any]) -> dict[str, Any]:
         if self.http is None:
             self.http = aiohttp.ClientSession()
-        body = base64.b64decode(request["body"]) if request.get("body") is not None else None
-        timeout = aiohttp.ClientTimeout(total=request["timeout"] / 1000) if request.get("timeout") else None
-        try:
-            async with self.http.request(
-                request["method"],
-                url,
-                headers=[(k, v) for k, v in request.get("headers", [])],
-                data=body,
-                allow_redirects=request.get("redirect", "follow") == "follow",
-                timeout=timeout,
-            ) as response:
-                content = await response.read()
-                return {
-                    "status": response.status,
-                    "statusText": response.reason or "",
-                    "url": str(response.url),
-                    "headers": list(response.headers.items()),
-                    "body": base64.b64encode(content).decode(),
-                }
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise JSError(
-                "FetchError", f"request to {url} failed, reason: {exc or type(exc).__name__}"
-            ) from exc
+        return await http_fetch(self.http, url, request)
 
     # -- hooks
     async def _op_posthog_capture(self, event: str, properties: dict[str, Any]) -> None:
@@ -238,3 +216,29 @@ def _text(value: Any) -> str:
 
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+async def http_fetch(session: aiohttp.ClientSession, url: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A plugin's `fetch` (request and response as prelude.js encodes them)."""
+    body = base64.b64decode(request["body"]) if request.get("body") is not None else None
+    timeout = aiohttp.ClientTimeout(total=request["timeout"] / 1000) if request.get("timeout") else None
+    try:
+        async with session.request(
+            request["method"],
+            url,
+            headers=[(k, v) for k, v in request.get("headers", [])],
+            data=body,
+            allow_redirects=request.get("redirect", "follow") == "follow",
+            timeout=timeout,
+        ) as response:
+            content = await response.read()
+            return {
+                "status": response.status,
+                "statusText": response.reason or "",
+                "url": str(response.url),
+                "headers": list(response.headers.items()),
+                "body": base64.b64encode(content).decode(),
+            }
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise JSError("FetchError", f"request to {url} failed, reason: {reason}") from exc
