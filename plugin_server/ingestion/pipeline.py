@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from prometheus_client import Counter, Histogram
@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 from plugin_server.config import Settings
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
+from plugin_server.ingestion.dead_letter import DeadLetterQueue
 from plugin_server.ingestion.definitions import DefinitionStore, NewDefinitions
 from plugin_server.ingestion.elements import InvalidElements
 from plugin_server.ingestion.groups import GroupTypeStore
@@ -54,7 +55,7 @@ BATCH_SECONDS = Histogram(
     "ingestion_batch_seconds", "Time to ingest one batch (plugins included)", registry=REGISTRY
 )
 
-STAGE_INGESTION = "ingestion"
+STAGE_INGESTION = "plugin_server_ingest_event"  # the original's DLQ error_location
 # Errors that belong to one event's content; anything else escaping a step is a bug or an outage.
 EVENT_ERRORS: tuple[type[Exception], ...] = (
     InvalidEvent,
@@ -63,12 +64,6 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
     UnknownTeam,
     *EVENT_DATA_ERRORS,
 )
-
-
-class DeadLetters(Protocol):
-    async def record(
-        self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: PluginEvent | None
-    ) -> None: ...
 
 
 def _reason(error: BaseException) -> str:
@@ -97,7 +92,7 @@ class PostgresIngestor:
         pool: asyncpg.Pool,
         settings: Settings,
         plugins: EventPluginRunner,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterQueue,
         *,
         actions: ActionCache | None = None,
         hooks: HookSender | None = None,
