@@ -139,7 +139,7 @@ class ActionCacheRefresh:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
-        await self._actions.reload_all()
+        return None  # the first load is the ingestor's start
 
     async def run(self) -> None:
         while not self._stopped.is_set():

@@ -57,6 +57,7 @@ async def test_2_12_1_reload_and_drop_action_messages(
 
 async def test_2_12_1_periodic_full_reload(pg: asyncpg.Pool, team: int) -> None:
     cache = ActionCache(pg)
+    await cache.reload_all()
     refresh = ActionCacheRefresh(cache, interval=0.05)
     await refresh.start()
     task = asyncio.create_task(refresh.run())
@@ -67,3 +68,19 @@ async def test_2_12_1_periodic_full_reload(pg: asyncpg.Pool, team: int) -> None:
     finally:
         await refresh.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_build_postgres_ingestion_publishes_actions(pg: asyncpg.Pool, settings, redis, team) -> None:  # type: ignore[no-untyped-def]
+    from plugin_server.context import AppContext
+    from plugin_server.ingestion.api import NoPlugins
+    from plugin_server.ingestion.pipeline import PostgresIngestor, build_postgres_ingestion
+
+    ctx = AppContext(settings=settings, instance_id="test", postgres=pg, redis=redis)
+    ingestor, services = build_postgres_ingestion(ctx, NoPlugins())
+    assert isinstance(ingestor, PostgresIngestor) and ctx.extras["ingestor"] is ingestor
+    assert ctx.extras["actions"] is ingestor.actions
+    for service in services:
+        await service.start()
+    assert _ids(ingestor.actions) == [69]
+    for service in reversed(services):
+        await service.stop()
