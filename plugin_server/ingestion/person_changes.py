@@ -116,9 +116,10 @@ async def apply_person_changes(
     conn: asyncpg.Connection, items: Sequence[PreparedEvent], seen: SeenDistinctIds
 ) -> PersonChanges:
     result = PersonChanges()
-    unseen = list(dict.fromkeys(item.person_key for item in items if item.person_key not in seen))
-    known = await known_distinct_ids(conn, unseen)
-    known.update(key for key in dict.fromkeys(i.person_key for i in items) if key not in unseen)
+    keys = dict.fromkeys(item.person_key for item in items)
+    cached = {key for key in keys if key in seen}
+    known = await known_distinct_ids(conn, [key for key in keys if key not in cached])
+    known |= cached
     for segment in _segments(items):
         if segment[0].identify is not None:
             await _run_alias(conn, segment[0], known)
