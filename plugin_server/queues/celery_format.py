@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from plugin_server.ingestion.types import IncomingEvent
-from plugin_server.uuidt import uuidt
+from plugin_server.ingestion.uuidt import uuidt
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
