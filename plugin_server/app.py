@@ -21,6 +21,7 @@ from plugin_server.http import HttpServer
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
+from plugin_server.queues.celery_service import celery_services
 from plugin_server.services.status import StatusKeys
 from plugin_server.supervisor import LoopingService, ReadinessReporter, Service, Supervisor
 from plugin_server.systemd import notify
@@ -37,6 +38,7 @@ def build_services(ctx: AppContext) -> list[Service]:
     """Every service of a running server, in start order (stopped in reverse)."""
     settings = ctx.settings
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
+    services += celery_services(ctx)
     return services
 
 

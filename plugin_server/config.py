@@ -153,8 +153,10 @@ class Settings:
         minimum=1,
     )
     ingestion_max_event_bytes: int = _var(
-        10_000_000, "Largest stored properties (or snapshot data) of one event, in bytes; larger events are "
-        "dead-lettered (added)", minimum=1024,
+        10_000_000,
+        "Largest stored properties (or snapshot data) of one event, in bytes; larger events are "
+        "dead-lettered (added)",
+        minimum=1024,
     )
     hook_timeout_seconds: float = _var(
         10.0, "Timeout of one webhook or REST hook request, in seconds (added)", minimum=0.001

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import os
 import socket
 import time
@@ -19,11 +18,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from plugin_server.ingestion.js import js_string
 from plugin_server.ingestion.types import IncomingEvent
 from plugin_server.ingestion.uuidt import uuidt
 
@@ -138,51 +137,6 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     if not isinstance(kwargs, dict):
         raise CeleryMessageError("bad_body", "task kwargs is not an object", task=name)
     return CeleryTask(name, task_id if isinstance(task_id, str) else None, args, kwargs, protocol)
-
-
-def _js_number(value: float) -> str:
-    """Number-to-string as ECMAScript specifies it (shortest round-trip digits, JS exponent rules)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value == 0:
-        return "0"
-    sign = "-" if value < 0 else ""
-    parts = Decimal(repr(abs(value))).normalize().as_tuple()
-    digits = "".join(map(str, parts.digits))
-    k = len(digits)
-    n = k + int(parts.exponent)  # the decimal point sits after the n-th digit
-    if k <= n <= 21:
-        text = digits + "0" * (n - k)
-    elif 0 < n <= 21:
-        text = f"{digits[:n]}.{digits[n:]}"
-    elif -6 < n <= 0:
-        text = "0." + "0" * -n + digits
-    else:
-        exponent = n - 1
-        mantissa = digits[0] + (f".{digits[1:]}" if k > 1 else "")
-        text = f"{mantissa}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
-    return sign + text
-
-
-def js_string(value: Any) -> str:
-    """JavaScript `String(value)` for JSON values (what `distinct_id.toString()` gives in Node)."""
-    if isinstance(value, str):
-        return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _js_number(value)
-    if isinstance(value, list):
-        return ",".join("" if item is None else js_string(item) for item in value)
-    return "[object Object]"
 
 
 def _team_id(value: Any, task: str) -> int:
