@@ -3,9 +3,11 @@ process, on a fresh database), fed exactly what Django's capture endpoint pushes
 
     python -m bench.ingest_celery [--events 50000] [--scenario plain|mixed|all] [--profile DIR]
 
-Scenarios: `plain` — 1,000 known users sending $pageview events; `mixed` — known users, new users,
-`$identify` and `$set`. Prints events/s and µs/event from the first push until every event is a
-row of posthog_event. `--profile DIR` runs the server under cProfile and writes DIR/<scenario>.prof.
+Scenarios: `consumer` — the consumer alone, in this process, with an ingestor that discards
+(the input side's ceiling); `plain` — 1,000 known users sending $pageview events; `mixed` —
+known users, new users, `$identify` and `$set`. Prints events/s and µs/event from the first push
+until every event is a row of posthog_event. `--profile DIR` runs the server under cProfile and
+writes DIR/<scenario>.prof.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from plugin_server.ingestion.types import IncomingEvent, Outcome
+from plugin_server.queues.celery import CeleryConsumer
 from plugin_server.queues.celery_format import encode_celery_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +88,16 @@ def mixed_messages(count: int) -> list[bytes]:
             messages.append(_pageview(f"new-{i}", i))
         elif kind == 7:
             properties = {"$anon_distinct_id": f"anon-{i}", "distinct_id": user, "seq": i, "$lib": "web"}
-            messages.append(_message(user, {"event": "$identify", "properties": properties, "timestamp": SENT_AT}))
+            messages.append(
+                _message(user, {"event": "$identify", "properties": properties, "timestamp": SENT_AT})
+            )
         elif kind == 8:
             messages.append(_pageview(user, i, **{"$set": {"plan": f"plan-{i % 3}", "seen": i}}))
         else:
             properties = {"distinct_id": user, "seq": i, "$set_once": {"first_seen": i}, "button": "buy"}
-            messages.append(_message(user, {"event": "clicked", "properties": properties, "timestamp": SENT_AT}))
+            messages.append(
+                _message(user, {"event": "clicked", "properties": properties, "timestamp": SENT_AT})
+            )
     return messages
 
 
@@ -112,7 +120,11 @@ async def _create_database(admin_url: str, name: str) -> str:
         await conn.close()
     url = f"{admin_url}/{name}"
     env = dict(os.environ, DATABASE_URL=url, PYTHONPATH=str(ROOT), LOG_LEVEL="warn")
-    subprocess.run([sys.executable, "-m", "plugin_server", "--migrate"], env=env, cwd=ROOT, check=True)
+    migrate = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "plugin_server", "--migrate", env=env, cwd=ROOT
+    )
+    if await migrate.wait() != 0:
+        raise RuntimeError("migration failed")
     conn = await asyncpg.connect(url)
     try:
         org = "ca30f2ec-e9a4-4001-bf27-3ef194086068"
@@ -229,21 +241,78 @@ async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[
         await pg.close()
         await redis.aclose()
         await _drop_database(args.postgres, db_name)
-    result = {"events": count, "seconds": elapsed, "events_per_s": count / elapsed, "us_per_event": elapsed / count * 1e6}
+    return _report(f"celery->postgres {name}", count, elapsed, f"persons {persons}, dead letters {dead}")
+
+
+class _DiscardingIngestor:
+    """Takes batches and keeps nothing: measures the consumer (Redis, parsing, assembly) alone."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        self.count += len(batch)
+        if self.count >= self.expected:
+            self.done.set()
+        return [Outcome.INGESTED] * len(batch)
+
+
+class _NoDeadLetters:
+    async def record(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"unexpected dead letter: {args[1]}")
+
+
+async def run_consumer_only(count: int, args: argparse.Namespace) -> dict[str, float]:
+    """The consumer in this process with an ingestor that discards: the input side's own ceiling."""
+    redis = aioredis.Redis.from_url(args.redis)
+    try:
+        await redis.delete(QUEUE)
+        ingestor = _DiscardingIngestor()
+        ingestor.expected = count
+        consumer = CeleryConsumer(
+            redis,
+            QUEUE,
+            instance_id=f"bench-{os.getpid()}",
+            dead_letters=_NoDeadLetters(),
+            ingestor=ingestor,
+            batch_size=args.batch_size,
+        )
+        await consumer.start()
+        messages = plain_messages(count)
+        await _push(redis, messages)
+        started = time.perf_counter()
+        task = asyncio.create_task(consumer.run())
+        await ingestor.done.wait()
+        elapsed = time.perf_counter() - started
+        await consumer.stop()
+        await task
+    finally:
+        await redis.aclose()
+    return _report("celery consumer alone", count, elapsed, "take, parse, assemble; ingestor discards")
+
+
+def _report(label: str, count: int, elapsed: float, note: str) -> dict[str, float]:
+    rate, micros = count / elapsed, elapsed / count * 1e6
     print(
-        f"celery->postgres {name:<6} {count:>7} events  {elapsed:7.2f} s  {result['events_per_s']:>9,.0f} events/s"
-        f"  {result['us_per_event']:7.1f} µs/event  (persons {persons}, dead letters {dead})",
+        f"{label:<24} {count:>7} events {elapsed:7.2f} s {rate:>9,.0f} events/s"
+        f" {micros:7.1f} µs/event  ({note})",
         flush=True,
     )
-    return result
+    return {"events": count, "seconds": elapsed, "events_per_s": rate, "us_per_event": micros}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest_celery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest_celery", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--scenario", choices=("plain", "mixed", "all"), default="all")
+    parser.add_argument("--scenario", choices=("plain", "mixed", "consumer", "all"), default="all")
     parser.add_argument("--batch-size", type=int, default=500, help="INGESTION_BATCH_SIZE of the server")
-    parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"))
+    parser.add_argument(
+        "--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+    )
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--profile", default=None, help="directory for cProfile output of the server")
     return parser.parse_args(argv)
@@ -251,9 +320,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    scenarios = ["plain", "mixed"] if args.scenario == "all" else [args.scenario]
+    scenarios = ["consumer", "plain", "mixed"] if args.scenario == "all" else [args.scenario]
     for name in scenarios:
-        asyncio.run(run_scenario(name, args.events, args))
+        if name == "consumer":
+            asyncio.run(run_consumer_only(args.events, args))
+        else:
+            asyncio.run(run_scenario(name, args.events, args))
 
 
 if __name__ == "__main__":
