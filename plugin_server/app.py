@@ -22,6 +22,8 @@ from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
 from plugin_server.queues.celery_service import celery_services
+from plugin_server.services.assembly import build_host_services, build_plugin_drivers
+from plugin_server.services.staleness import StalenessWatchdog
 from plugin_server.services.status import StatusKeys
 from plugin_server.supervisor import LoopingService, ReadinessReporter, Service, Supervisor
 from plugin_server.systemd import notify
@@ -34,11 +36,22 @@ READINESS_CACHE_SECONDS = 2.0
 EXIT_OK, EXIT_FAILURE = 0, 1
 
 
-def build_services(ctx: AppContext) -> list[Service]:
+def build_services(ctx: AppContext, server: Server) -> list[Service]:
     """Every service of a running server, in start order (stopped in reverse)."""
     settings = ctx.settings
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
+    # what plugins call (GeoIP, fetch, jobs, capture, metrics): up before any plugin loads
+    services += build_host_services(ctx)
+    # the plugin registry, once built here, publishes itself as extras["plugins"] before this point
+    plugins = ctx.extras.get("plugins")
+    if plugins is not None:
+        services += build_plugin_drivers(ctx, plugins)
+    # the Celery list: the Postgres pipeline and its consumer, started after the plugins
     services += celery_services(ctx)
+    if settings.staleness_restart_seconds > 0:
+        services.append(
+            StalenessWatchdog(ctx.activity, settings.staleness_restart_seconds, server.stop_for_staleness)
+        )
     return services
 
 
@@ -77,6 +90,10 @@ class Server:
         self._exit_code = max(self._exit_code, exit_code)
         self._stop_requested.set()
 
+    def stop_for_staleness(self) -> None:
+        self._fatal = True  # liveness fails at once; the orchestrator restarts us after the drain
+        self.request_stop(EXIT_FAILURE)
+
     @property
     def ready(self) -> bool:
         return self._ready and not self._shutting_down
@@ -94,7 +111,7 @@ class Server:
         redis = create_redis(settings)
         self.ctx = AppContext(settings=settings, instance_id=self.instance_id, postgres=postgres, redis=redis)
         await redis.ping()
-        for service in build_services(self.ctx):
+        for service in build_services(self.ctx, self):
             await service.start()
             self._services.append(service)
             if isinstance(service, LoopingService):

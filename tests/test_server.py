@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -92,3 +93,29 @@ def test_startup_failure_exits_1(pg_dsn: str) -> None:
     with server_process(env) as process:
         assert process.wait(timeout=30) == 1
         assert "Launchpad failure" in process.stderr.read().decode()  # type: ignore[union-attr]
+
+
+async def test_9_1_2_staleness_stops_the_server_non_zero(
+    settings_factory: Callable[..., Settings], run_server: Any
+) -> None:
+    settings = settings_factory(staleness_restart_seconds=1)
+    async with run_server(settings) as server:
+        # nothing is ingested: within a few seconds the watchdog asks for a non-zero stop
+        for _ in range(50):
+            if server._stop_requested.is_set():
+                break
+            await asyncio.sleep(0.1)
+        assert server._stop_requested.is_set()
+        assert server._exit_code == 1
+        assert not server.alive()
+
+
+async def test_activity_keeps_the_watchdog_quiet(
+    settings_factory: Callable[..., Settings], run_server: Any
+) -> None:
+    settings = settings_factory(staleness_restart_seconds=1)
+    async with run_server(settings) as server:
+        for _ in range(25):
+            server.ctx.activity.touch("processEvent")
+            await asyncio.sleep(0.1)
+        assert not server._stop_requested.is_set()
