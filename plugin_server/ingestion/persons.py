@@ -105,9 +105,9 @@ async def known_distinct_ids(
     return {(r["team_id"], r["distinct_id"]) for r in records}
 
 
-def _as_text(distinct_id: Any) -> str:
-    # Postgres compared non-string ids as text in the original.
-    return js_string(distinct_id)
+def _as_text(distinct_id: Any) -> str | None:
+    # Postgres compared non-string ids as text in the original; a missing id stays NULL (and fails).
+    return None if distinct_id is None else js_string(distinct_id)
 
 
 async def create_person(
@@ -167,20 +167,3 @@ def apply_property_updates(
         if isinstance(value, dict | list) or current != value or type(current) is not type(value):
             updated[key] = value
     return updated
-
-
-async def update_person_properties(
-    conn: asyncpg.Connection,
-    team_id: int,
-    distinct_id: str,
-    set_props: dict[str, Any],
-    set_once_props: dict[str, Any],
-) -> None:
-    person = await fetch_person(conn, team_id, distinct_id)
-    if person is None:
-        raise PersonNotFound(
-            f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to update properties'
-        )
-    updated = apply_property_updates(person.properties, set_props, set_once_props)
-    if updated != person.properties:
-        await conn.execute(queries.UPDATE_PERSON_PROPERTIES, updated, person.id)

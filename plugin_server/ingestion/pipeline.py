@@ -141,8 +141,9 @@ class PostgresIngestor:
         survivors = [e for e in events if e is not None]
         if survivors:
             self._plugins.on_events_ingested(survivors)
-        for outcome in outcomes:
-            EVENTS_INGESTED.labels(outcome.value).inc()
+        for outcome in Outcome:
+            if count := outcomes.count(outcome):
+                EVENTS_INGESTED.labels(outcome.value).inc(count)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         return outcomes
 
