@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import os
 import socket
 import time
@@ -19,13 +18,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from plugin_server.ingestion.js import js_string
 from plugin_server.ingestion.types import IncomingEvent
-from plugin_server.uuidt import uuidt
+from plugin_server.ingestion.uuidt import uuidt
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
@@ -73,33 +72,70 @@ def _loads(data: bytes | str, what: str) -> Any:
             raise CeleryMessageError("not_json", f"{what} is not valid JSON: {exc}") from None
 
 
-def parse_celery_message(raw: bytes | str) -> CeleryTask:
-    """Decode one Redis list element into a task. Raises `CeleryMessageError`."""
+class _Headers(msgspec.Struct):
+    task: Any = None
+    id: Any = None
+
+
+class _Properties(msgspec.Struct):
+    body_encoding: Any = None
+
+
+class _Envelope(msgspec.Struct):
+    """The envelope keys this service reads; the rest (e.g. Celery's `argsrepr`) is skipped unread."""
+
+    body: Any = None
+    content_type: Any = msgspec.field(default=None, name="content-type")
+    content_encoding: Any = msgspec.field(default=None, name="content-encoding")
+    headers: _Headers | None = None
+    properties: _Properties | None = None
+
+
+_envelope_decode = msgspec.json.Decoder(_Envelope).decode
+
+
+def _read_envelope(raw: bytes | str) -> _Envelope:
+    try:
+        return _envelope_decode(raw)
+    except msgspec.DecodeError:
+        pass  # odd but possibly valid input: decode it loosely and say precisely what is wrong
     envelope = _loads(raw, "queue element")
     if not isinstance(envelope, dict):
         raise CeleryMessageError(
             "bad_envelope", f"queue element is a JSON {type(envelope).__name__}, not an object"
         )
-    if envelope.get("content-type") != "application/json":
+    headers, properties = envelope.get("headers"), envelope.get("properties")
+    return _Envelope(
+        body=envelope.get("body"),
+        content_type=envelope.get("content-type"),
+        content_encoding=envelope.get("content-encoding"),
+        headers=_Headers(headers.get("task"), headers.get("id")) if isinstance(headers, dict) else None,
+        properties=_Properties(properties.get("body_encoding")) if isinstance(properties, dict) else None,
+    )
+
+
+def parse_celery_message(raw: bytes | str) -> CeleryTask:
+    """Decode one Redis list element into a task. Raises `CeleryMessageError`."""
+    envelope = _read_envelope(raw)
+    if envelope.content_type != "application/json":
         raise CeleryMessageError(
-            "unsupported_content_type", f"unsupported content type {envelope.get('content-type')!r}"
+            "unsupported_content_type", f"unsupported content type {envelope.content_type!r}"
         )
-    properties = envelope.get("properties")
-    if not isinstance(properties, dict):
+    properties = envelope.properties
+    if properties is None:
         raise CeleryMessageError("bad_envelope", "queue element has no properties object")
-    if properties.get("body_encoding") != "base64":
+    if properties.body_encoding != "base64":
         raise CeleryMessageError(
-            "unsupported_body_encoding", f"unsupported body encoding {properties.get('body_encoding')!r}"
+            "unsupported_body_encoding", f"unsupported body encoding {properties.body_encoding!r}"
         )
-    if envelope.get("content-encoding") != "utf-8":
+    if envelope.content_encoding != "utf-8":
         raise CeleryMessageError(
-            "unsupported_content_encoding",
-            f"unsupported content encoding {envelope.get('content-encoding')!r}",
+            "unsupported_content_encoding", f"unsupported content encoding {envelope.content_encoding!r}"
         )
-    headers = envelope.get("headers")
-    if not isinstance(headers, dict):
+    headers = envelope.headers
+    if headers is None:
         raise CeleryMessageError("bad_envelope", "queue element has no headers object")
-    body_b64 = envelope.get("body")
+    body_b64 = envelope.body
     if not isinstance(body_b64, str):
         raise CeleryMessageError("bad_envelope", "queue element has no body string")
     try:
@@ -112,7 +148,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
         raise CeleryMessageError("bad_body", f"body is not UTF-8: {exc}") from None
     body = _loads(body_text, "body")
 
-    name = headers.get("task")
+    name = headers.task
     if name:  # protocol 2: the name is in the headers, the body is [args, kwargs, embed]
         if not isinstance(name, str):
             raise CeleryMessageError("bad_envelope", f"task header is not a string: {name!r}")
@@ -121,7 +157,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
                 "bad_body", "protocol 2 body is not an [args, kwargs, embed] array", task=name
             )
         args, kwargs = body[0], body[1]
-        task_id = headers.get("id")
+        task_id = headers.id
         protocol = 2
     else:  # protocol 1: everything is in the body object
         if not isinstance(body, dict):
@@ -138,51 +174,6 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     if not isinstance(kwargs, dict):
         raise CeleryMessageError("bad_body", "task kwargs is not an object", task=name)
     return CeleryTask(name, task_id if isinstance(task_id, str) else None, args, kwargs, protocol)
-
-
-def _js_number(value: float) -> str:
-    """Number-to-string as ECMAScript specifies it (shortest round-trip digits, JS exponent rules)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value == 0:
-        return "0"
-    sign = "-" if value < 0 else ""
-    parts = Decimal(repr(abs(value))).normalize().as_tuple()
-    digits = "".join(map(str, parts.digits))
-    k = len(digits)
-    n = k + int(parts.exponent)  # the decimal point sits after the n-th digit
-    if k <= n <= 21:
-        text = digits + "0" * (n - k)
-    elif 0 < n <= 21:
-        text = f"{digits[:n]}.{digits[n:]}"
-    elif -6 < n <= 0:
-        text = "0." + "0" * -n + digits
-    else:
-        exponent = n - 1
-        mantissa = digits[0] + (f".{digits[1:]}" if k > 1 else "")
-        text = f"{mantissa}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
-    return sign + text
-
-
-def js_string(value: Any) -> str:
-    """JavaScript `String(value)` for JSON values (what `distinct_id.toString()` gives in Node)."""
-    if isinstance(value, str):
-        return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _js_number(value)
-    if isinstance(value, list):
-        return ",".join("" if item is None else js_string(item) for item in value)
-    return "[object Object]"
 
 
 def _team_id(value: Any, task: str) -> int:
