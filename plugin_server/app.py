@@ -21,6 +21,7 @@ from plugin_server.http import HttpServer
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
+from plugin_server.queues.celery_service import celery_services
 from plugin_server.services.assembly import build_host_services, build_plugin_drivers
 from plugin_server.services.staleness import StalenessWatchdog
 from plugin_server.services.status import StatusKeys
@@ -45,6 +46,8 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     plugins = ctx.extras.get("plugins")
     if plugins is not None:
         services += build_plugin_drivers(ctx, plugins)
+    # the Celery list: the Postgres pipeline and its consumer, started after the plugins
+    services += celery_services(ctx)
     if settings.staleness_restart_seconds > 0:
         services.append(
             StalenessWatchdog(ctx.activity, settings.staleness_restart_seconds, server.stop_for_staleness)

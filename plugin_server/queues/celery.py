@@ -15,8 +15,8 @@ import asyncio
 import collections
 import random
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge, Histogram
@@ -40,7 +40,7 @@ log = get_logger(__name__)
 
 PARSE_STAGE = "celery_parse"
 PLUGIN_JOB_STAGE = "celery_plugin_job"
-# How long one blocking wait on an empty queue lasts before it is simply issued again.
+# How long one blocking wait on an empty queue lasts (at most) before it is simply issued again.
 BLOCK_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -159,6 +159,7 @@ class CeleryConsumer:
         jobs: PluginJobQueue | None = None,
         batch_size: int = 500,
         heartbeat_ttl: float = 30.0,
+        on_events: Callable[[], None] | None = None,
     ) -> None:
         self._redis = redis
         self.keys = CeleryKeys(queue)
@@ -170,6 +171,10 @@ class CeleryConsumer:
         self._jobs = jobs
         self._batch_size = batch_size
         self._heartbeat_ttl = heartbeat_ttl
+        self._on_events = on_events  # told each time events were handed on (staleness watchdog)
+        # A blocking wait must end before the client's read timeout would call it a failure.
+        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        self._block_seconds = min(BLOCK_SECONDS, socket_timeout / 2) if socket_timeout else BLOCK_SECONDS
         self._take_batch = redis.register_script(_TAKE_BATCH)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._stop_requested = asyncio.Event()
@@ -270,8 +275,10 @@ class CeleryConsumer:
 
     async def _wait_for_messages(self) -> None:
         """Block until the queue has a message (moved into the processing list) or stop is asked."""
-        waiter = asyncio.create_task(
-            self._redis.blmove(self.keys.queue, self._processing, BLOCK_SECONDS, "RIGHT", "LEFT")
+        # BLMOVE takes fractional seconds since Redis 6; the stubs say int.
+        timeout = cast(int, self._block_seconds)
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(
+            self._redis.blmove(self.keys.queue, self._processing, timeout, "RIGHT", "LEFT")
         )
         stopping = asyncio.create_task(self._stop_requested.wait())
         try:
@@ -311,11 +318,13 @@ class CeleryConsumer:
             # Should ingestion fail and the batch be retried, these are not dead-lettered or enqueued twice.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for raw in settled:
-                    pipe.lrem(self._processing, 1, raw)
+                    pipe.lrem(self._processing, 1, cast(str, raw))
                 await pipe.execute()
         if events:
             assert self._ingestor is not None
             outcomes = await self._ingestor.ingest(events)
+            if self._on_events is not None:
+                self._on_events()
             for outcome, count in collections.Counter(outcomes).items():
                 EVENTS.labels(outcome.value if isinstance(outcome, Outcome) else str(outcome)).inc(count)
         await self._acknowledge()

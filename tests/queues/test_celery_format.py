@@ -19,7 +19,6 @@ from plugin_server.queues.celery_format import (
     encode_task_message,
     event_from_task,
     job_from_task,
-    js_string,
     parse_celery_message,
 )
 
@@ -192,25 +191,6 @@ def test_5_2_05_non_string_distinct_id_becomes_js_string(value: Any, expected: s
 def test_null_distinct_id_stays_null_for_the_pipeline() -> None:
     raw = django_event(data={**DATA, "distinct_id": None})
     assert event_from_task(parse_celery_message(raw), raw).event["distinct_id"] is None
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (0.5, "0.5"),
-        (-0.25, "-0.25"),
-        (1e-7, "1e-7"),
-        (1.5e-5, "0.000015"),
-        (123456789.125, "123456789.125"),
-        (1.2e22, "1.2e+22"),
-        (float("nan"), "NaN"),
-        (float("-inf"), "-Infinity"),
-        (0.0, "0"),
-        (None, "null"),
-    ],
-)
-def test_js_string_numbers(value: Any, expected: str) -> None:
-    assert js_string(value) == expected
 
 
 def test_plugin_capture_envelope_matches_the_originals_and_parses() -> None:
