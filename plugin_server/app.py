@@ -18,6 +18,7 @@ from plugin_server.context import AppContext
 from plugin_server.db.postgres import create_pool
 from plugin_server.db.redis import create_redis
 from plugin_server.http import HttpServer
+from plugin_server.ingestion.actions import action_cache_services
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
@@ -42,6 +43,8 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
     # what plugins call (GeoIP, fetch, jobs, capture, metrics): up before any plugin loads
     services += build_host_services(ctx)
+    # the action cache: matched by ingestion, kept current by the reload listener built below
+    services += action_cache_services(ctx)
     # the plugin registry, once built here, publishes itself as extras["plugins"] before this point
     plugins = ctx.extras.get("plugins")
     if plugins is not None:

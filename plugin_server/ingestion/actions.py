@@ -1,7 +1,7 @@
 """Actions: the per-team cache of actions and steps and matching events against them
-(spec/ingestion.md §2.12). `ActionCache` is what the reload listener calls on `reload-action` /
-`drop-action` messages (publish it as `ctx.extras["actions"]`); `ActionCacheRefresh` reloads it
-all every 5 minutes."""
+(spec/ingestion.md §2.12). `action_cache_services` publishes the cache as `ctx.extras["actions"]`,
+where the reload listener finds it for `reload-action` / `drop-action` messages and the pipeline
+for matching; `ActionCacheRefresh` loads it at start and reloads it all every 5 minutes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from typing import Any
 
 import asyncpg
 
+from plugin_server.context import AppContext
 from plugin_server.ingestion import queries
 from plugin_server.ingestion.js import truthy
 from plugin_server.ingestion.property_filters import EMPTY_MATCHING_OPERATORS, check_property_filter
 from plugin_server.ingestion.selectors import selector_matches
 from plugin_server.logs import get_logger
+from plugin_server.supervisor import Service
 
 log = get_logger(__name__)
 
@@ -139,7 +141,7 @@ class ActionCacheRefresh:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
-        return None  # the first load is the ingestor's start
+        await self._actions.reload_all()
 
     async def run(self) -> None:
         while not self._stopped.is_set():
@@ -245,3 +247,14 @@ def match_actions(actions: list[Action], data: MatchInput, cohort_members: Cohor
                     "action_step_check_failed", action_id=action.id, step_id=step.id, error=str(error)
                 )
     return matched
+
+
+ACTIONS = "actions"  # the AppContext.extras key of the shared ActionCache
+
+
+def action_cache_services(ctx: AppContext) -> list[Service]:
+    """The shared action cache, published for the reload listener and the pipeline (so build this
+    before `build_plugin_drivers`), with its refresh service."""
+    cache = ActionCache(ctx.postgres)
+    ctx.extras[ACTIONS] = cache
+    return [ActionCacheRefresh(cache)]

@@ -14,10 +14,9 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
-from plugin_server.context import AppContext
-from plugin_server.ingestion.actions import ActionCache, ActionCacheRefresh, MatchInput, match_actions
+from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
-from plugin_server.ingestion.dead_letter import DeadLetterQueue, PostgresDeadLetterQueue
+from plugin_server.ingestion.dead_letter import DeadLetterQueue
 from plugin_server.ingestion.definitions import DefinitionStore, NewDefinitions
 from plugin_server.ingestion.elements import InvalidElements
 from plugin_server.ingestion.groups import GroupTypeStore
@@ -40,7 +39,6 @@ from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
 from plugin_server.ingestion.writers import EventWriter, PostgresEventWriter
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
-from plugin_server.supervisor import Service
 
 log = get_logger(__name__)
 
@@ -87,10 +85,8 @@ class _Failure:
 
 
 class PostgresIngestor:
-    """`Ingestor` for Postgres mode (KAFKA_ENABLED=false); also a service (start loads the action
-    cache, stop lets fired hooks finish)."""
-
-    name = "postgres-ingestor"
+    """`Ingestor` for Postgres mode (KAFKA_ENABLED=false). `start` loads the action cache when it is
+    the ingestor's own (a shared one is loaded by `ActionCacheRefresh`); `stop` lets fired hooks finish."""
 
     def __init__(
         self,
@@ -110,6 +106,7 @@ class PostgresIngestor:
         self._max_bytes = settings.ingestion_max_event_bytes
         self.teams = teams or TeamCache(pool)
         self.organizations = OrganizationCache(pool)
+        self._owns_actions = actions is None
         self.actions = actions or ActionCache(pool)
         self.hooks = hooks or HookSender(
             pool, self.teams, self.organizations, timeout_seconds=settings.hook_timeout_seconds
@@ -120,7 +117,8 @@ class PostgresIngestor:
         self.writer = writer or PostgresEventWriter()
 
     async def start(self) -> None:
-        await self.actions.reload_all()
+        if self._owns_actions:
+            await self.actions.reload_all()
 
     async def stop(self) -> None:
         await self.hooks.stop()
@@ -313,15 +311,3 @@ class PostgresIngestor:
             uuid=(event or incoming.event).get("uuid"),
         )
         await self._dead_letters.record(incoming.raw, message, STAGE_INGESTION, incoming.team_id, event)
-
-
-def build_postgres_ingestion(
-    ctx: AppContext, plugins: EventPluginRunner
-) -> tuple[PostgresIngestor, list[Service]]:
-    """The ingestor and its services. Publishes the action cache as `ctx.extras["actions"]` (for
-    the reload listener, so call this before `build_plugin_drivers`) and the ingestor as
-    `ctx.extras["ingestor"]`."""
-    ingestor = PostgresIngestor(ctx.postgres, ctx.settings, plugins, PostgresDeadLetterQueue(ctx.postgres))
-    ctx.extras["actions"] = ingestor.actions
-    ctx.extras["ingestor"] = ingestor
-    return ingestor, [ingestor, ActionCacheRefresh(ingestor.actions)]

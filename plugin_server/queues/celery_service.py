@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugin_server.context import AppContext
+from plugin_server.ingestion.actions import ACTIONS
 from plugin_server.ingestion.api import NoPlugins
 from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import PostgresIngestor
@@ -35,7 +36,9 @@ class PostgresIngestion:
     async def start(self) -> None:
         ctx = self._ctx
         plugins = ctx.extras.get(PLUGIN_RUNNER) or NoPlugins()
-        ingestor = PostgresIngestor(ctx.postgres, ctx.settings, plugins, ctx.extras[DEAD_LETTERS])
+        ingestor = PostgresIngestor(
+            ctx.postgres, ctx.settings, plugins, ctx.extras[DEAD_LETTERS], actions=ctx.extras.get(ACTIONS)
+        )
         await ingestor.start()
         self._ingestor = ingestor
         ctx.extras[INGESTOR] = self

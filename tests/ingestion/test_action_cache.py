@@ -70,17 +70,27 @@ async def test_2_12_1_periodic_full_reload(pg: asyncpg.Pool, team: int) -> None:
         await asyncio.wait_for(task, 5)
 
 
-async def test_build_postgres_ingestion_publishes_actions(pg: asyncpg.Pool, settings, redis, team) -> None:  # type: ignore[no-untyped-def]
+async def test_action_cache_is_shared_with_the_pipeline(pg: asyncpg.Pool, settings, redis, team) -> None:  # type: ignore[no-untyped-def]
+    """`action_cache_services` publishes one cache (loaded at start) that the pipeline matches with."""
     from plugin_server.context import AppContext
+    from plugin_server.ingestion.actions import ACTIONS, action_cache_services
     from plugin_server.ingestion.api import NoPlugins
-    from plugin_server.ingestion.pipeline import PostgresIngestor, build_postgres_ingestion
+    from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
+    from plugin_server.ingestion.pipeline import PostgresIngestor
+    from tests.ingestion.conftest import ingest, make_event
 
     ctx = AppContext(settings=settings, instance_id="test", postgres=pg, redis=redis)
-    ingestor, services = build_postgres_ingestion(ctx, NoPlugins())
-    assert isinstance(ingestor, PostgresIngestor) and ctx.extras["ingestor"] is ingestor
-    assert ctx.extras["actions"] is ingestor.actions
-    for service in services:
-        await service.start()
-    assert _ids(ingestor.actions) == [69]
-    for service in reversed(services):
-        await service.stop()
+    (refresh,) = action_cache_services(ctx)
+    await refresh.start()
+    cache = ctx.extras[ACTIONS]
+    assert _ids(cache) == [69]
+    ingestor = PostgresIngestor(pg, settings, NoPlugins(), PostgresDeadLetterQueue(pg), actions=cache)
+    await ingestor.start()
+    await cache.drop_action(TEAM_ID, 69)
+    await ingest(ingestor, make_event("xyz", "abc", {"foo": "bar"}))
+    assert await pg.fetchval("SELECT count(*) FROM posthog_action_events") == 0  # dropped: no match
+    await cache.reload_action(TEAM_ID, 69)
+    await ingest(ingestor, make_event("xyz", "abc", {"foo": "bar"}))
+    assert await pg.fetchval("SELECT count(*) FROM posthog_action_events") == 1
+    await ingestor.stop()
+    await refresh.stop()
