@@ -23,6 +23,8 @@ from plugin_server.metrics import REGISTRY
 from plugin_server.plugins.capabilities import js_task_name
 from plugin_server.plugins.errors import ErrorRecorder
 from plugin_server.plugins.host_services import HostServices
+from plugin_server.plugins.js.sandbox_runtime import JSRuntime
+from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.lifecycle import ConfigInfo, LoadedConfig, same_generation
 from plugin_server.plugins.logs import PluginLogSink
 from plugin_server.plugins.meta_services import PluginMetricsStore, register_meta_services
@@ -99,8 +101,10 @@ class PluginRunner:
             stuck_after=settings.task_timeout + 5.0,
         )
         self.retry_delay_scale = retry_delay_scale
+        self.js_transpiler = Transpiler()
         self.runtimes: dict[str, RuntimeFactory] = {
-            "python": lambda spec: PythonSandboxRuntime(self.pool, spec)
+            "python": lambda spec: PythonSandboxRuntime(self.pool, spec),
+            "js": lambda spec: JSRuntime(spec, self.services, self.js_transpiler),
         }
         self.runtimes.update(runtimes or {})
         self.loaded: dict[int, LoadedConfig] = {}
@@ -129,6 +133,7 @@ class PluginRunner:
         if self._background:
             await asyncio.wait(self._background, timeout=TEARDOWN_SECONDS)
         await self.pool.stop()
+        self.js_transpiler.close()
         await self.logs.flush()
 
     def make_runtime(self, kind: str, spec: RuntimeSpec) -> PluginRuntime:
