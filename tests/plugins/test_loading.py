@@ -318,7 +318,8 @@ async def test_6_5_82_reload_replaces_only_changed_configs(
         first = dict(runner.loaded)
         await pg.execute("UPDATE posthog_plugin SET updated_at = now() + interval '1 second' WHERE id = 63")
         await pg.execute(
-            """UPDATE posthog_pluginconfig SET updated_at = now() + interval '1 second', "order" = 3 WHERE id = 41"""
+            "UPDATE posthog_pluginconfig SET updated_at = now() + interval '1 second', \"order\" = 3"
+            " WHERE id = 41"
         )
         await pg.execute("UPDATE posthog_pluginconfig SET enabled = false WHERE id = 40")
         await add_python_plugin(pg, PROCESSED, plugin_id=64, config_id=43, order=1)
