@@ -232,8 +232,12 @@ def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]
 
 
 def stdlib_roots() -> list[str]:
+    """Directories plugin code may read: the standard library and the time zone database."""
+    import zoneinfo
+
     paths = sysconfig.get_paths()
     roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
+    roots |= {os.path.realpath(p) for p in zoneinfo.TZPATH}
     return sorted(roots)
 
 

@@ -329,7 +329,19 @@ def _host_exception(error: dict[str, Any]) -> BaseException:
             return cls(message)
         except Exception:
             pass
-    return HostError(str(error.get("name")), message)
+    name = str(error.get("name") or "HostError")
+    if name.isidentifier():
+        cls = _host_error_classes.get(name)
+        if cls is None:
+            # the plugin sees the host's exception class name (e.g. RetryError, ServiceNotFound)
+            cls = _host_error_classes[name] = type(name, (HostError,), {})
+        return cls(name, message)
+    return HostError(name, message)
+
+
+_host_error_classes: dict[str, type[HostError]] = {
+    "RetryError": type("RetryError", (HostError, meta.RetryError), {})
+}
 
 
 def main(fd: int, options_json: str) -> None:
