@@ -59,6 +59,7 @@ class Watchdog:
         self._wake = threading.Event()
         self._stopped = False
         self._events_on = False
+        self.sync_record: CallRecord | None = None
         sys.monitoring.use_tool_id(TOOL_ID, "plugin-sandbox-watchdog")
         for event in (_EVENTS.LINE, _EVENTS.JUMP, _EVENTS.PY_START, _EVENTS.PY_RETURN, _EVENTS.CALL):
             sys.monitoring.register_callback(TOOL_ID, event, self._on_event)
@@ -100,18 +101,39 @@ class Watchdog:
     def memory_message(self) -> str:
         return f"Plugin exceeded the sandbox memory limit of {self.memory_limit // (1024 * 1024)} MB"
 
-    def end(self, record: CallRecord, token: contextvars.Token[CallRecord | None]) -> None:
+    def begin_sync(self, timeout: float) -> CallRecord:
+        """Like begin, for a plain function run right here: nothing else runs on the loop
+        meanwhile, so the record is kept on the watchdog instead of in a context variable."""
+        now = time.monotonic()
+        record = CallRecord(timeout, now + timeout, self.last_rss, self.last_peak, now)
+        if not self.active:
+            self._wake.set()
+        self.active.add(record)
+        self.sync_record = record
+        return record
+
+    def end_sync(self, record: CallRecord) -> None:
         record.done = True
+        self.sync_record = None
         self.active.discard(record)
-        current_call.reset(token)
+        if self._events_on:
+            self._maybe_disarm()
+
+    def _maybe_disarm(self) -> None:
         if self._events_on and not any(r.timed_out or r.over_memory for r in self.active):
             self._events_on = False
             sys.monitoring.set_events(TOOL_ID, 0)
 
+    def end(self, record: CallRecord, token: contextvars.Token[CallRecord | None]) -> None:
+        record.done = True
+        self.active.discard(record)
+        current_call.reset(token)
+        self._maybe_disarm()
+
     def _on_event(self, code: Any, *args: Any) -> Any:
         if threading.get_ident() != self.loop_thread:
             return None
-        record = current_call.get()
+        record = self.sync_record or current_call.get()
         if record is None or record.done or code.co_filename.startswith(self._exempt):
             return None
         if record.over_memory:
