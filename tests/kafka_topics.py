@@ -62,9 +62,9 @@ class TopicTail:
         for tp, messages in fetched.items():
             self._read[tp.topic].extend(messages)
 
-    async def read(self, topic: str, count: int, timeout: float = 10.0) -> list[Any]:
-        """At least `count` new messages of `topic` (all read so far), failing after `timeout`."""
-        deadline = time.monotonic() + timeout
+    async def read(self, topic: str, count: int, within: float = 10.0) -> list[Any]:
+        """At least `count` new messages of `topic` (all read so far), failing after `within` seconds."""
+        deadline = time.monotonic() + within
         while len(self._read[topic]) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{topic}: {len(self._read[topic])} of {count} messages arrived")

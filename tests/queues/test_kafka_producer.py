@@ -185,7 +185,7 @@ async def test_the_timer_flushes_a_batch_nobody_flushes(kafka_bootstrap: str, to
         await wrapper.start()
         try:
             await wrapper.queue(record(topic, 5))
-            assert len(await tail.read(topic, 1, timeout=5)) == 1
+            assert len(await tail.read(topic, 1, within=5)) == 1
             assert wrapper.sends == 1
         finally:
             await wrapper.stop()
