@@ -8,6 +8,7 @@ events topic carries a length-delimited protobuf `Event` (src/config/idl/events.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ ERROR_LOCATION_PARSE = "plugin_server_parse_message"
 INVALID_DATETIME = "Invalid DateTime"
 
 _encoder = msgspec.json.Encoder()
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def encode_json(value: Any) -> bytes:
@@ -42,7 +44,7 @@ def encode_json(value: Any) -> bytes:
         # Values msgspec refuses (exotic objects a plugin left behind, lone surrogates): use
         # json, and turn a lone surrogate into U+FFFD as Node does when it encodes to UTF-8.
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode()
+        return _LONE_SURROGATE.sub("\ufffd", text).encode()
 
 
 def json_text(value: Any) -> str:
@@ -95,7 +97,7 @@ def _string_field(number: int, text: str) -> bytes:
     try:
         data = text.encode()
     except UnicodeEncodeError:  # a lone surrogate becomes U+FFFD, as Node's Buffer makes it
-        data = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode()
+        data = _LONE_SURROGATE.sub("\ufffd", text).encode()
     return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
