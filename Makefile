@@ -19,6 +19,10 @@ $(STAMP): requirements-dev.lock
 services:
 	@bash scripts/ensure-services.sh
 
+# `make run` talks to the local Postgres and Redis unless told otherwise.
+run migrate: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/posthog
+run migrate: export REDIS_URL ?= redis://127.0.0.1:6379
+
 migrate: install services
 	$(PY) -m plugin_server --migrate
 

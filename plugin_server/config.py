@@ -54,11 +54,14 @@ class Settings:
     )
     tasks_per_worker: int = _var(10, "Plugin invocations one sandbox runs at once", minimum=1)
     task_timeout: float = _var(
-        30.0, "Seconds a plugin call may run before it is stopped; also the slow-operation warning threshold",
+        30.0,
+        "Seconds a plugin call may run before it is stopped; also the slow-operation warning threshold",
         minimum=0.001,
     )
     # -- Celery
-    celery_default_queue: str = _var("celery", "Outgoing Celery queue (kept for compatibility; nothing is sent)")
+    celery_default_queue: str = _var(
+        "celery", "Outgoing Celery queue (kept for compatibility; nothing is sent)"
+    )
     plugins_celery_queue: str = _var("posthog-plugins", "Redis list the PostHog app pushes Celery tasks onto")
     # -- Postgres
     database_url: str | None = _var(
@@ -129,19 +132,24 @@ class Settings:
     # -- GeoIP
     disable_mmdb: bool = _var(False, "Disable GeoIP", test=True)
     distinct_id_lru_size: int = _var(10000, "Size of the seen-person cache", minimum=0)
-    internal_mmdb_server_port: int = _var(0, "Port of the original's internal GeoIP server (unused)", minimum=0)
+    internal_mmdb_server_port: int = _var(
+        0, "Port of the original's internal GeoIP server (unused)", minimum=0
+    )
     # -- modes
     plugin_server_idle: bool = _var(False, "Start, serve probes and process nothing")
     piscina_use_atomics: bool = _var(True, "Accepted for compatibility; no effect")
     piscina_atomics_timeout: int = _var(5000, "Accepted for compatibility; no effect", minimum=0)
     # -- added by this service
     http_server_host: str = _var("0.0.0.0", "Address of the HTTP probe and metrics server (added)")
-    http_server_port: int = _var(6738, "Port of the HTTP probe and metrics server; 0 disables it (added)", minimum=0)
+    http_server_port: int = _var(
+        6738, "Port of the HTTP probe and metrics server; 0 disables it (added)", minimum=0
+    )
     shutdown_timeout_seconds: float = _var(
         30.0, "Longest a graceful shutdown may take before the process exits non-zero (added)", minimum=0
     )
     log_format: str = _var(
-        "auto", "Log format: json, text, or auto (text on a terminal, else json) (added)",
+        "auto",
+        "Log format: json, text, or auto (text on a terminal, else json) (added)",
         choices=("auto", "json", "text"),
     )
     ingestion_batch_size: int = _var(500, "Celery/Kafka messages taken per batch (added)", minimum=1)
@@ -265,14 +273,22 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     return settings
 
 
-def _validate(settings: Settings) -> None:
+def require_postgres(settings: Settings) -> None:
+    """The modes that use Postgres call this; --healthcheck and idle mode need none."""
     if not settings.database_url and not settings.posthog_db_name:
         raise ConfigError("DATABASE_URL", "", "a Postgres URL, or POSTHOG_DB_NAME set")
+
+
+def _validate(settings: Settings) -> None:
     for kind in settings.job_queue_kinds:
         if kind not in JOB_QUEUE_KINDS:
-            raise ConfigError("JOB_QUEUES", settings.job_queues, "a comma list of " + ", ".join(JOB_QUEUE_KINDS))
+            raise ConfigError(
+                "JOB_QUEUES", settings.job_queues, "a comma list of " + ", ".join(JOB_QUEUE_KINDS)
+            )
     if settings.kafka_enabled and not settings.kafka_brokers:
-        raise ConfigError("KAFKA_HOSTS", settings.kafka_hosts or "", "brokers to use when KAFKA_ENABLED is true")
+        raise ConfigError(
+            "KAFKA_HOSTS", settings.kafka_hosts or "", "brokers to use when KAFKA_ENABLED is true"
+        )
 
 
 def help_lines(env_class: EnvClass = "prod") -> list[str]:

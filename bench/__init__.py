@@ -1,0 +1,1 @@
+"""Benchmarks: each module runs against real services and prints its figures."""
