@@ -30,7 +30,6 @@ class TopicTail:
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self._consumer: AIOKafkaConsumer | None = None
-        self._start: dict[TopicPartition, int] = {}
         self._read: dict[str, list[Any]] = {topic: [] for topic in self.topics}
 
     async def __aenter__(self) -> TopicTail:
@@ -47,9 +46,13 @@ class TopicTail:
                 await asyncio.sleep(0.05)
             partitions.extend(TopicPartition(topic, p) for p in sorted(found or ()))
         self._consumer.assign(partitions)
-        self._start = await self._consumer.end_offsets(partitions)
-        for tp, offset in self._start.items():
-            self._consumer.seek(tp, offset)
+        # Read to the end rather than asking for end offsets: the test broker's answer to
+        # ListOffsets is not the log end.
+        await self._consumer.seek_to_beginning(*partitions)
+        while True:
+            fetched = await self._consumer.getmany(timeout_ms=300)
+            if not fetched:
+                break
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -185,6 +185,7 @@ class KafkaIngestionConsumer:
         instance_id: str = "",
         group_id: str = GROUP_ID,
         batch_size: int | None = None,
+        session_timeout_ms: int = 10_000,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._settings = settings
@@ -197,10 +198,13 @@ class KafkaIngestionConsumer:
         self._batch_size = batch_size or settings.ingestion_batch_size
         self._batch_timeout = settings.kafka_batch_timeout_seconds
         self._sleep = sleep
+        # A broker may wait up to this long for members when the group (re)forms.
+        self._session_timeout_ms = session_timeout_ms
         self._consumer: Any = None
         self._batch_lock = asyncio.Lock()  # held while a batch is ingested and committed
         self._stopping = asyncio.Event()
         self._joined = False
+        self._generation = 0  # bumped when partitions are revoked: older fetches are stale
         self._backoff = 0
         self.events_seen = 0
 
@@ -215,8 +219,8 @@ class KafkaIngestionConsumer:
             auto_offset_reset="latest",  # a new group starts at the end, as in the original
             enable_auto_commit=False,
             max_poll_interval_ms=max(300_000, int(self._batch_timeout * 3000)),
-            session_timeout_ms=30_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, self._session_timeout_ms // 3),
         )
         await self._consumer.start()
         self._consumer.subscribe([self._topic], listener=_RebalanceListener(self))
@@ -246,18 +250,25 @@ class KafkaIngestionConsumer:
             consumer = self._consumer
             if consumer is None:
                 return
+            generation = self._generation
             try:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
             except ConsumerStoppedError:
                 return
             if fetched and not self._stopping.is_set():
-                await self._handle(fetched)
+                await self._handle(fetched, generation)
 
     # ------------------------------------------------------------------ batches
-    async def _handle(self, fetched: Mapping[Any, Sequence[Any]]) -> None:
+    async def _handle(self, fetched: Mapping[Any, Sequence[Any]], generation: int) -> None:
         async with self._batch_lock:
             consumer = self._consumer
             if consumer is None:
+                return
+            if generation != self._generation:
+                # Partitions were revoked between the fetch and now: read these messages
+                # again from where this batch started (a partition kept through the rebalance
+                # would otherwise skip them), under the new assignment.
+                self._rewind({tp: list(messages) for tp, messages in fetched.items() if messages})
                 return
             assigned = consumer.assignment()
             # Messages of partitions revoked since the fetch belong to their new owner now.
@@ -360,8 +371,11 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
         async with self._owner._batch_lock:
-            pass
+            self._owner._generation += 1
+        log.info("Kafka partitions revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self._owner._joined = True
