@@ -363,7 +363,7 @@ class KafkaIngestionConsumer:
             log.warning("Kafka offsets not committed (group rebalanced)", error=repr(exc))
 
 
-class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _RebalanceListener(ConsumerRebalanceListener):
     """Gives partitions up only between batches, so a batch is committed by the member that
     ingested it; marks the consumer ready once it has joined the group."""
 

@@ -160,7 +160,7 @@ async def rig(kafka_bootstrap: str) -> AsyncIterator[Rig]:
 
 async def wait_joined(consumer: KafkaIngestionConsumer, within: float = 20.0) -> None:
     async with asyncio.timeout(within):
-        while not consumer.ready()[0]:
+        while not consumer.ready()[0]:  # noqa: ASYNC110 - polling the readiness probe
             await asyncio.sleep(0.05)
 
 
@@ -205,7 +205,7 @@ async def test_every_event_comes_out_and_offsets_are_committed(rig: Rig) -> None
     assert sorted(m.value.decode() for m in out) == sorted(uuids)
     assert consumer.ready() == (True, "")
     async with asyncio.timeout(10):
-        while await committed(rig.bootstrap, rig.group, rig.input, rig.partitions) < len(uuids):
+        while await committed(rig.bootstrap, rig.group, rig.input, rig.partitions) < len(uuids):  # noqa: ASYNC110
             await asyncio.sleep(0.2)
 
 
@@ -232,7 +232,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_the_rest_ingeste
     uuids = [str(uuid.uuid4()) for _ in range(20)]
     async with TopicTail(rig.bootstrap, [rig.output, TOPIC_DEAD_LETTER_QUEUE]) as tail:
         await produce(rig.bootstrap, rig.input, [kafka_value(u) for u in uuids])
-        consumer, ingestor = await rig.add_member()
+        _consumer, ingestor = await rig.add_member()
         ingestor.poison.add(uuids[7])
         out = await tail.read(rig.output, 19, within=30)
         [dead] = await tail.read(TOPIC_DEAD_LETTER_QUEUE, 1)
@@ -248,7 +248,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_and_the_rest_ingeste
 async def test_a_hanging_event_is_dead_lettered_after_the_batch_time_out(rig: Rig) -> None:
     uuids = [str(uuid.uuid4()) for _ in range(5)]
     async with TopicTail(rig.bootstrap, [rig.output, TOPIC_DEAD_LETTER_QUEUE]) as tail:
-        consumer, ingestor = await rig.add_member()
+        _consumer, ingestor = await rig.add_member()
         ingestor.hang.add(uuids[2])
         await produce(rig.bootstrap, rig.input, [kafka_value(u) for u in uuids])
         out = await tail.read(rig.output, 4, within=30)
@@ -262,7 +262,7 @@ async def test_a_hanging_event_is_dead_lettered_after_the_batch_time_out(rig: Ri
 async def test_infrastructure_failures_are_waited_out_without_losing_or_dead_lettering(rig: Rig) -> None:
     uuids = [str(uuid.uuid4()) for _ in range(50)]
     async with TopicTail(rig.bootstrap, [rig.output, TOPIC_DEAD_LETTER_QUEUE]) as tail:
-        consumer, ingestor = await rig.add_member()
+        _consumer, ingestor = await rig.add_member()
         ingestor.infrastructure_failures = 3
         await produce(rig.bootstrap, rig.input, [kafka_value(u) for u in uuids])
         out = await tail.read(rig.output, 50, within=30)
