@@ -153,6 +153,13 @@ class Settings:
         choices=("auto", "json", "text"),
     )
     ingestion_batch_size: int = _var(500, "Celery/Kafka messages taken per batch (added)", minimum=1)
+    ingestion_max_event_bytes: int = _var(
+        10_000_000, "Largest stored properties (or snapshot data) of one event, in bytes; larger events are "
+        "dead-lettered (added)", minimum=1024,
+    )
+    hook_timeout_seconds: float = _var(
+        10.0, "Timeout of one webhook or REST hook request, in seconds (added)", minimum=0.001
+    )
     mmdb_file_path: str = _var("", "Path of a GeoLite2-City .mmdb file to use for GeoIP (added)")
     sandbox_memory_limit_mb: int = _var(
         512, "Memory one plugin sandbox may allocate before its call fails, in MB (added)", minimum=16

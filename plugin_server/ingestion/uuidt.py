@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -28,3 +29,11 @@ def uuidt_bytes(unix_ms: int | None = None) -> bytes:
 def uuidt(unix_ms: int | None = None) -> str:
     """A new UUIDT rendered as lowercase 8-4-4-4-12 hex."""
     return str(uuid.UUID(bytes=uuidt_bytes(unix_ms)))
+
+
+_UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
+def is_valid_uuid(value: object) -> bool:
+    """8-4-4-4-12 hexadecimal groups, any case, no version check (what the pipeline accepts)."""
+    return isinstance(value, str) and _UUID_PATTERN.match(value) is not None

@@ -1,0 +1,164 @@
+"""`$identify` and `$create_alias`: linking distinct ids and merging persons (spec/ingestion.md §2.5).
+A merge is atomic here: the distinct-id move runs inside the merge transaction (§2.5.3 Recommendation)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from plugin_server.ingestion import queries
+from plugin_server.ingestion.js import truthy
+from plugin_server.ingestion.persons import (
+    Person,
+    add_distinct_id,
+    create_person,
+    fetch_person,
+)
+from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.logs import get_logger
+
+log = get_logger(__name__)
+
+MAX_MERGE_ATTEMPTS = 3
+_ILLEGAL_LOWERCASE = frozenset(
+    {
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+    }
+)
+_ILLEGAL_EXACT = frozenset({"[object Object]", "NaN", "None", "none", "null", "0"})
+
+
+class MergeRaceError(RuntimeError):
+    """A person taking part in a merge disappeared meanwhile; not retried."""
+
+
+def is_illegal_distinct_id(distinct_id: str) -> bool:
+    return (
+        not distinct_id.strip() or distinct_id.lower() in _ILLEGAL_LOWERCASE or distinct_id in _ILLEGAL_EXACT
+    )
+
+
+def identify_plan(event_name: Any, distinct_id: str, properties: dict[str, Any]) -> tuple[Any, bool] | None:
+    """(previous distinct id, identify?) when the event links two ids, else None (§2.5.1)."""
+    if is_illegal_distinct_id(distinct_id):
+        return None
+    if event_name == "$create_alias":
+        return properties.get("alias"), False
+    if event_name == "$identify":
+        anon = properties.get("$anon_distinct_id")
+        if truthy(anon):
+            return anon, True
+    return None
+
+
+async def alias(
+    conn: asyncpg.Connection,
+    team_id: int,
+    previous: Any,
+    current: str,
+    identify: bool,
+    *,
+    retry_if_failed: bool = True,
+    merge_attempts: int = 0,
+) -> None:
+    """Link `previous` to `current`'s person (§2.5.2). Runs in savepoints of the caller's transaction."""
+    if isinstance(previous, str) and previous == current:
+        return
+    old = await fetch_person(conn, team_id, previous)
+    new = await fetch_person(conn, team_id, current)
+    if old is not None and new is not None:
+        if old.id != new.id:
+            if identify and old.is_identified:
+                log.warning(
+                    "identify_refused_merge", team_id=team_id, distinct_id=current, previous=str(previous)
+                )
+            else:
+                await merge_people(conn, new, current, old, previous, identify, merge_attempts)
+    else:
+        try:
+            async with conn.transaction():
+                if old is not None:
+                    await add_distinct_id(conn, old, current)
+                elif new is not None:
+                    await add_distinct_id(conn, new, previous)
+                else:
+                    await create_person(
+                        conn,
+                        created_at=datetime.now(UTC),
+                        properties={},
+                        team_id=team_id,
+                        is_identified=identify,
+                        uuid=uuidt(),
+                        distinct_ids=[current, previous],
+                    )
+        except asyncpg.PostgresError:
+            if not retry_if_failed:
+                raise
+            await alias(conn, team_id, previous, current, identify, retry_if_failed=False)
+    if identify:
+        await set_is_identified(conn, team_id, current)
+
+
+async def set_is_identified(conn: asyncpg.Connection, team_id: int, distinct_id: str) -> None:
+    person = await fetch_person(conn, team_id, distinct_id)
+    if person is None:
+        raise LookupError(
+            f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to identify'
+        )
+    if not person.is_identified:
+        await conn.execute(queries.SET_PERSON_IDENTIFIED, person.id)
+
+
+async def merge_people(
+    conn: asyncpg.Connection,
+    merge_into: Person,
+    merge_into_distinct_id: str,
+    other: Person,
+    other_distinct_id: Any,
+    identify: bool,
+    merge_attempts: int = 0,
+) -> None:
+    """Fold `other` into `merge_into` in one transaction (savepoint): properties (the survivor wins),
+    earliest created_at, cohort memberships and distinct ids move, `other` is deleted (§2.5.3)."""
+    first_seen = min(merge_into.created_at, other.created_at)
+    merged = {**other.properties, **merge_into.properties}
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                queries.MERGE_INTO_PERSON,
+                first_seen,
+                merged,
+                merge_into.is_identified or other.is_identified,
+                merge_into.id,
+            )
+            await conn.execute(queries.MOVE_COHORT_PEOPLE, merge_into.id, other.id)
+            moved = await conn.fetch(queries.MOVE_DISTINCT_IDS, merge_into.id, other.id, merge_into.team_id)
+            if not moved:
+                raise MergeRaceError("Failed to move distinct ids: source person no longer exists")
+            await conn.execute(queries.DELETE_PERSON, merge_into.team_id, other.id)
+    except asyncpg.ForeignKeyViolationError as error:
+        raise MergeRaceError("Failed to move distinct ids: target person no longer exists") from error
+    except asyncpg.PostgresError:
+        merge_attempts += 1
+        if merge_attempts >= MAX_MERGE_ATTEMPTS:
+            raise
+        await alias(
+            conn,
+            merge_into.team_id,
+            other_distinct_id,
+            merge_into_distinct_id,
+            identify,
+            retry_if_failed=False,
+            merge_attempts=merge_attempts,
+        )

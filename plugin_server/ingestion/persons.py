@@ -1,0 +1,186 @@
+"""Persons and their distinct ids in Postgres: the "seen" cache, creation, property updates
+(spec/ingestion.md §2.8). Every function takes the connection of the caller's transaction."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from plugin_server.ingestion import queries
+from plugin_server.ingestion.js import js_string
+
+SEEN_SECONDS = 3600.0
+
+
+class SeenDistinctIds:
+    """LRU of `(team_id, distinct_id)` known to have a person; entries expire an hour after their
+    last read (§2.8.1). A key is only added once the transaction that made it true committed."""
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = capacity
+        self._clock = clock
+        self._entries: OrderedDict[tuple[int, str], float] = OrderedDict()
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        seen_at = self._entries.get(key)
+        if seen_at is None:
+            return False
+        now = self._clock()
+        if now - seen_at > SEEN_SECONDS:
+            del self._entries[key]
+            return False
+        self._entries[key] = now
+        self._entries.move_to_end(key)
+        return True
+
+    def add_all(self, keys: Iterable[tuple[int, str]]) -> None:
+        if self._capacity <= 0:
+            return
+        now = self._clock()
+        entries = self._entries
+        for key in keys:
+            entries[key] = now
+            entries.move_to_end(key)
+        while len(entries) > self._capacity:
+            entries.popitem(last=False)
+
+
+@dataclass(slots=True)
+class Person:
+    id: int
+    created_at: datetime
+    team_id: int
+    properties: dict[str, Any]
+    is_identified: bool
+    uuid: str
+    row: dict[str, Any]  # every column of the fetch, as the REST hook payload shows it
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Person:
+        row = dict(record)  # JSON columns arrive decoded (the pool's codec)
+        properties = row["properties"] if isinstance(row["properties"], dict) else {}
+        row["uuid"] = str(row["uuid"])
+        return cls(
+            id=row["id"],
+            created_at=row["created_at"],
+            team_id=row["team_id"],
+            properties=properties,
+            is_identified=row["is_identified"],
+            uuid=row["uuid"],
+            row=row,
+        )
+
+
+class PersonNotFound(LookupError):
+    pass
+
+
+async def fetch_person(conn: asyncpg.Connection, team_id: int, distinct_id: Any) -> Person | None:
+    if distinct_id is None:
+        return None
+    record = await conn.fetchrow(queries.SELECT_PERSON, team_id, _as_text(distinct_id))
+    return Person.from_record(record) if record else None
+
+
+async def fetch_persons(
+    conn: asyncpg.Connection, team_id: int, distinct_ids: Sequence[str]
+) -> dict[str, Person]:
+    records = await conn.fetch(queries.SELECT_PERSONS_BY_DISTINCT_IDS, team_id, list(distinct_ids))
+    return {r["persondistinctid__distinct_id"]: Person.from_record(r) for r in records}
+
+
+async def known_distinct_ids(
+    conn: asyncpg.Connection | asyncpg.Pool, keys: Sequence[tuple[int, str]]
+) -> set[tuple[int, str]]:
+    """Which of the keys already have a person (one query for a whole batch)."""
+    if not keys:
+        return set()
+    records = await conn.fetch(queries.SELECT_KNOWN_DISTINCT_IDS, [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["team_id"], r["distinct_id"]) for r in records}
+
+
+def _as_text(distinct_id: Any) -> str | None:
+    # Postgres compared non-string ids as text in the original; a missing id stays NULL (and fails).
+    return None if distinct_id is None else js_string(distinct_id)
+
+
+async def create_person(
+    conn: asyncpg.Connection,
+    *,
+    created_at: datetime,
+    properties: dict[str, Any],
+    team_id: int,
+    is_identified: bool,
+    uuid: str,
+    distinct_ids: Sequence[Any],
+) -> Person:
+    """The person row then its distinct ids, in the caller's transaction."""
+    record = await conn.fetchrow(queries.INSERT_PERSON, created_at, properties, team_id, is_identified, uuid)
+    assert record is not None
+    person = Person.from_record(record)
+    for distinct_id in distinct_ids:
+        await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, team_id)
+    return person
+
+
+async def create_persons(
+    conn: asyncpg.Connection, new_persons: Sequence[tuple[datetime, int, str, str]]
+) -> None:
+    """Bulk create unidentified persons without properties: (created_at, team_id, uuid, distinct_id)."""
+    if not new_persons:
+        return
+    records = await conn.fetch(
+        queries.INSERT_PERSONS,
+        [p[0] for p in new_persons],
+        [p[1] for p in new_persons],
+        [p[2] for p in new_persons],
+    )
+    ids = {str(r["uuid"]): r["id"] for r in records}
+    await conn.execute(
+        queries.INSERT_DISTINCT_IDS,
+        [p[3] for p in new_persons],
+        [ids[p[2]] for p in new_persons],
+        [p[1] for p in new_persons],
+    )
+
+
+async def add_distinct_id(conn: asyncpg.Connection, person: Person, distinct_id: Any) -> None:
+    await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, person.team_id)
+
+
+def apply_property_updates(
+    properties: dict[str, Any], set_props: dict[str, Any], set_once_props: dict[str, Any]
+) -> dict[str, Any]:
+    """`$set_once` fills keys not present (even a stored null counts); `$set` overrides (§2.8.4)."""
+    updated = dict(properties)
+    for key, value in set_once_props.items():
+        if key not in properties:
+            updated[key] = value
+    for key, value in set_props.items():
+        current = properties.get(key)
+        if isinstance(value, dict | list) or current != value or type(current) is not type(value):
+            updated[key] = value
+    return updated
+
+
+async def update_person_properties(
+    conn: asyncpg.Connection,
+    team_id: int,
+    distinct_id: str,
+    set_props: dict[str, Any],
+    set_once_props: dict[str, Any],
+) -> None:
+    person = await fetch_person(conn, team_id, distinct_id)
+    if person is None:
+        raise PersonNotFound(
+            f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to update properties'
+        )
+    updated = apply_property_updates(person.properties, set_props, set_once_props)
+    if updated != person.properties:
+        await conn.execute(queries.UPDATE_PERSON_PROPERTIES, updated, person.id)

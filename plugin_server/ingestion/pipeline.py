@@ -1,0 +1,296 @@
+"""Postgres-mode ingestion of a batch: plugins, then every event's effects written in one
+transaction (spec/ingestion.md §2). An event that cannot be ingested is dead-lettered with its
+reason and the rest of the batch is saved; only infrastructure failures raise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+from prometheus_client import Counter, Histogram
+
+from plugin_server.config import Settings
+from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
+from plugin_server.ingestion.api import EventPluginRunner
+from plugin_server.ingestion.definitions import DefinitionStore, NewDefinitions
+from plugin_server.ingestion.elements import InvalidElements
+from plugin_server.ingestion.groups import GroupTypeStore
+from plugin_server.ingestion.hooks import HookSender
+from plugin_server.ingestion.person_changes import EVENT_DATA_ERRORS, apply_person_changes
+from plugin_server.ingestion.persons import SeenDistinctIds, fetch_persons
+from plugin_server.ingestion.prepare import (
+    SNAPSHOT_EVENT,
+    PreparedEvent,
+    UnknownTeam,
+    finish_properties,
+    prepare_event,
+    team_id_of,
+)
+from plugin_server.ingestion.properties import InvalidEvent
+from plugin_server.ingestion.queries import MARK_TEAM_INGESTED, SELECT_COHORT_MEMBERS
+from plugin_server.ingestion.teams import OrganizationCache, Team, TeamCache
+from plugin_server.ingestion.timestamps import InvalidTimestamp
+from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
+from plugin_server.ingestion.writers import EventWriter, PostgresEventWriter
+from plugin_server.logs import get_logger
+from plugin_server.metrics import REGISTRY
+
+log = get_logger(__name__)
+
+EVENTS_INGESTED = Counter(
+    "ingestion_events_total", "Events taken through ingestion, by outcome", ["outcome"], registry=REGISTRY
+)
+EVENTS_FAILED = Counter(
+    "ingestion_events_failed_total",
+    "Events that could not be ingested and were dead-lettered, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "ingestion_batch_seconds", "Time to ingest one batch (plugins included)", registry=REGISTRY
+)
+
+STAGE_INGESTION = "ingestion"
+# Errors that belong to one event's content; anything else escaping a step is a bug or an outage.
+EVENT_ERRORS: tuple[type[Exception], ...] = (
+    InvalidEvent,
+    InvalidTimestamp,
+    InvalidElements,
+    UnknownTeam,
+    LookupError,
+    *EVENT_DATA_ERRORS,
+)
+
+
+class DeadLetters(Protocol):
+    async def record(
+        self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: PluginEvent | None
+    ) -> None: ...
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, UnknownTeam):
+        return "unknown_team"
+    if isinstance(error, InvalidTimestamp):
+        return "invalid_timestamp"
+    if isinstance(error, asyncpg.PostgresError):
+        return "database_error"
+    return "invalid_event"
+
+
+@dataclass(slots=True)
+class _Failure:
+    position: int
+    error: BaseException
+
+
+class PostgresIngestor:
+    """`Ingestor` for Postgres mode (KAFKA_ENABLED=false)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        plugins: EventPluginRunner,
+        dead_letters: DeadLetters,
+        *,
+        actions: ActionCache | None = None,
+        hooks: HookSender | None = None,
+        writer: EventWriter | None = None,
+        teams: TeamCache | None = None,
+    ) -> None:
+        self._pool = pool
+        self._plugins = plugins
+        self._dead_letters = dead_letters
+        self._max_bytes = settings.ingestion_max_event_bytes
+        self.teams = teams or TeamCache(pool)
+        self.organizations = OrganizationCache(pool)
+        self.actions = actions or ActionCache(pool)
+        self.hooks = hooks or HookSender(
+            pool, self.teams, self.organizations, timeout_seconds=settings.hook_timeout_seconds
+        )
+        self.group_types = GroupTypeStore(pool)
+        self.definitions = DefinitionStore(pool)
+        self.seen = SeenDistinctIds(settings.distinct_id_lru_size)
+        self.writer = writer or PostgresEventWriter()
+
+    async def start(self) -> None:
+        await self.actions.reload_all()
+
+    async def stop(self) -> None:
+        await self.hooks.stop()
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        started = time.perf_counter()
+        outcomes = [Outcome.INGESTED] * len(batch)
+        events = await self._run_plugins(batch, outcomes)
+        failures: list[_Failure] = []
+        prepared = await self._prepare(events, failures)
+        if prepared:
+            await self._write(prepared, failures)
+        for failure in failures:
+            outcomes[failure.position] = Outcome.DEAD_LETTERED
+            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
+        for item in prepared:
+            if outcomes[item.position] is Outcome.INGESTED and item.matched:
+                self.hooks.fire(item.view, item.person, item.matched)
+        survivors = [e for e in events if e is not None]
+        if survivors:
+            self._plugins.on_events_ingested(survivors)
+        for outcome in outcomes:
+            EVENTS_INGESTED.labels(outcome.value).inc()
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        return outcomes
+
+    # -- steps
+
+    async def _run_plugins(
+        self, batch: Sequence[IncomingEvent], outcomes: list[Outcome]
+    ) -> list[PluginEvent | None]:
+        events: list[PluginEvent | None] = [incoming.event for incoming in batch]
+        positions = [i for i, e in enumerate(events) if e is not None and e.get("event") != SNAPSHOT_EVENT]
+        if positions:
+            processed = await self._plugins.process_events([batch[i].event for i in positions])
+            for position, event in zip(positions, processed, strict=True):
+                events[position] = event
+                if event is None:
+                    outcomes[position] = Outcome.DROPPED
+        return events
+
+    async def _prepare(
+        self, events: Sequence[PluginEvent | None], failures: list[_Failure]
+    ) -> list[PreparedEvent]:
+        teams: dict[int, Team | None] = {}
+        for event in events:
+            if event is not None:
+                team_id = team_id_of(event)
+                if team_id is not None and team_id not in teams:
+                    teams[team_id] = await self.teams.get(team_id)
+                    if teams[team_id] is not None:
+                        await self.definitions.load(team_id)
+        now = datetime.now(UTC)
+        prepared = []
+        for position, event in enumerate(events):
+            if event is None:
+                continue
+            team_id = team_id_of(event)
+            try:
+                item = prepare_event(
+                    position, event, teams.get(team_id) if team_id is not None else None, now, self._max_bytes
+                )
+                if not item.is_snapshot and isinstance(item.properties.get("$groups"), dict):
+                    await self.group_types.add_group_properties(item.team.id, item.properties)
+                finish_properties(item, self._max_bytes)
+            except EVENT_ERRORS as error:
+                failures.append(_Failure(position, error))
+                continue
+            prepared.append(item)
+        return prepared
+
+    async def _write(self, prepared: list[PreparedEvent], failures: list[_Failure]) -> None:
+        """All in one transaction; when a data error spoils it, each event again in its own."""
+        try:
+            async with self._pool.acquire() as conn:
+                failed = await self._write_transaction(conn, prepared)
+        except EVENT_DATA_ERRORS as error:
+            if len(prepared) == 1:
+                failures.append(_Failure(prepared[0].position, error))
+                return
+            log.warning("batch_write_failed_isolating", error=str(error), events=len(prepared))
+            for item in prepared:
+                await self._write([item], failures)
+            return
+        failures.extend(failed)
+
+    async def _write_transaction(
+        self, conn: asyncpg.Connection, items: list[PreparedEvent]
+    ) -> list[_Failure]:
+        async with conn.transaction():
+            # Constraints are DEFERRABLE in the PostHog schema: check them per statement, so a
+            # failing event is caught by its own savepoint instead of spoiling the COMMIT.
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            changes = await apply_person_changes(conn, items, self.seen)
+            failed = [_Failure(p, e) for p, e in changes.failures.items()]
+            writable = [item for item in items if item.position not in changes.failures]
+            await self._match_actions(conn, writable)
+            new_definitions = NewDefinitions()
+            ingested_teams: dict[int, Team] = {}
+            for item in writable:
+                if not item.is_snapshot:
+                    self.definitions.collect(
+                        new_definitions, item.team.id, item.name, item.view["properties"]
+                    )
+                    if not item.team.ingested_event:
+                        ingested_teams[item.team.id] = item.team
+            if new_definitions:
+                await self.definitions.write(conn, new_definitions)
+            await self.writer.write(conn, writable)
+            for team in ingested_teams.values():
+                await conn.execute(MARK_TEAM_INGESTED, team.id)
+        # committed
+        self.seen.add_all(changes.seen)
+        self.definitions.committed(new_definitions)
+        self.writer.committed(writable)
+        for team in ingested_teams.values():
+            team.ingested_event = True
+        return failed
+
+    async def _match_actions(self, conn: asyncpg.Connection, items: list[PreparedEvent]) -> None:
+        by_team: dict[int, list[PreparedEvent]] = {}
+        for item in items:
+            if not item.is_snapshot and self.actions.team_actions(item.team.id):
+                by_team.setdefault(item.team.id, []).append(item)
+        for team_id, team_items in by_team.items():
+            actions = self.actions.team_actions(team_id)
+            if self.actions.team_needs_person(team_id):
+                await self._load_persons(conn, team_id, team_items)
+            members = await self._cohort_members(conn, actions, team_items)
+            for item in team_items:
+                person = item.person
+                data = MatchInput(
+                    event=item.view,
+                    properties=item.view["properties"],
+                    elements=item.elements,
+                    person_properties=person.properties if person else None,
+                    person_id=person.id if person else None,
+                )
+                item.matched = match_actions(actions, data, members)
+            wants_person = [i for i in team_items if i.matched and i.person is None]
+            if wants_person:
+                await self._load_persons(conn, team_id, wants_person)
+
+    @staticmethod
+    async def _load_persons(conn: asyncpg.Connection, team_id: int, items: list[PreparedEvent]) -> None:
+        persons = await fetch_persons(conn, team_id, list({i.distinct_id for i in items}))
+        for item in items:
+            item.person = persons.get(item.distinct_id)
+
+    @staticmethod
+    async def _cohort_members(
+        conn: asyncpg.Connection, actions: Sequence[Any], items: list[PreparedEvent]
+    ) -> set[tuple[int, int]]:
+        cohort_ids = {c for a in actions for s in a.steps for c in s.cohort_ids()}
+        person_ids = {i.person.id for i in items if i.person is not None}
+        if not cohort_ids or not person_ids:
+            return set()
+        rows = await conn.fetch(SELECT_COHORT_MEMBERS, list(cohort_ids), list(person_ids))
+        return {(r["cohort_id"], r["person_id"]) for r in rows}
+
+    async def _dead_letter(
+        self, incoming: IncomingEvent, event: PluginEvent | None, error: BaseException
+    ) -> None:
+        reason = _reason(error)
+        message = str(error) or type(error).__name__
+        EVENTS_FAILED.labels(reason).inc()
+        log.warning(
+            "event_dead_lettered",
+            reason=reason,
+            error=message,
+            team_id=incoming.team_id,
+            uuid=(event or incoming.event).get("uuid"),
+        )
+        await self._dead_letters.record(incoming.raw, message, STAGE_INGESTION, incoming.team_id, event)

@@ -1,0 +1,293 @@
+"""Spec §5 edge cases at the `PostgresIngestor.ingest` level: what is stored, what is
+dead-lettered (with its reason), and that the rest of the batch is always saved."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from plugin_server.ingestion.pipeline import EVENTS_FAILED, PostgresIngestor
+from plugin_server.ingestion.types import Outcome
+from tests.factories import TEAM_ID
+from tests.ingestion.conftest import (
+    RecordedDeadLetters,
+    distinct_ids_of,
+    events,
+    ingest,
+    make_event,
+    make_person,
+    persons,
+)
+
+
+async def _one_bad_in_batch(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters, bad: dict[str, object]
+) -> str:
+    """Ingest `bad` between two good events; both good ones are saved. Returns the reason."""
+    first, last = make_event("good 1", "good"), make_event("good 2", "good")
+    assert await ingest(ingestor, first, bad, last) == [
+        Outcome.INGESTED,
+        Outcome.DEAD_LETTERED,
+        Outcome.INGESTED,
+    ]
+    assert [e["event"] for e in await events(pg)] == ["good 1", "good 2"]
+    (record,) = dead_letters.records
+    assert record["stage"] == "ingestion" and record["event"]["uuid"] == bad["uuid"]
+    return str(record["error"])
+
+
+async def test_5_2_05_missing_and_non_string_distinct_ids(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    missing = make_event("e")
+    del missing["distinct_id"]
+    await ingest(ingestor, missing, make_event("e", 2.0), make_event("e", True), make_event("e", None))
+    assert [e["distinct_id"] for e in await events(pg)] == ["undefined", "2", "true", "null"]
+    assert len(await persons(pg)) == 4
+
+
+async def test_5_2_05_undefined_distinct_id_never_identifies(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    await make_person(pg, ["anon"])
+    event = make_event("$identify", None, {"$anon_distinct_id": "anon"})
+    del event["distinct_id"]
+    await ingest(ingestor, event)
+    assert len(await persons(pg)) == 2
+
+
+async def test_5_2_06_distinct_id_longer_than_200(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    error = await _one_bad_in_batch(pg, ingestor, dead_letters, make_event("e", "x" * 201))
+    assert error == "distinct_id is longer than 200 characters"
+
+
+async def test_5_2_07_missing_event_name(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    assert await _one_bad_in_batch(pg, ingestor, dead_letters, make_event(None)) == "Event name is missing"
+
+
+async def test_5_2_08_cuts_count_utf16_code_units(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await ingest(ingestor, make_event("a" * 199 + "😀"))
+    (event,) = await events(pg)
+    assert event["event"] == "a" * 199 + "\ufffd"
+
+
+@pytest.mark.parametrize("properties", ["a string", [1, 2]])
+async def test_5_2_09_properties_not_an_object(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters, properties: object
+) -> None:
+    """Recommendation: error out (dead-letter) instead of storing."""
+    bad = make_event("e")
+    bad["properties"] = properties
+    assert (await _one_bad_in_batch(pg, ingestor, dead_letters, bad)).startswith(
+        "properties must be an object"
+    )
+
+
+async def test_5_2_09_null_properties_become_empty(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    event = make_event("e", ip=None)
+    event["properties"] = None
+    await ingest(ingestor, event)
+    (stored,) = await events(pg)
+    assert stored["properties"] == {}
+
+
+async def test_5_2_10_elements_edge_cases(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    await ingest(ingestor, make_event("kept", "el", {"$elements": []}, ip=None))
+    (stored,) = await events(pg)
+    assert stored["properties"] == {"$elements": []} and stored["elements_hash"] == ""
+    await pg.execute("TRUNCATE posthog_event CASCADE")
+    bad = make_event("$autocapture", "el", {"$elements": [{"tag_name": "a", "$el_text": 5}]})
+    assert (
+        await _one_bad_in_batch(pg, ingestor, dead_letters, bad)
+        == "element $el_text must be a string, got int"
+    )
+
+
+async def test_5_2_10_element_value_out_of_range_spoils_only_its_event(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    """A database error on one event (here an nth_child beyond int4) is isolated: the batch is
+    retried event by event and only that event is dead-lettered."""
+    bad = make_event("$autocapture", "el", {"$elements": [{"tag_name": "a", "nth_child": 2**40}]})
+    error = await _one_bad_in_batch(pg, ingestor, dead_letters, bad)
+    assert "out of" in error and "range" in error
+    assert await pg.fetchval("SELECT count(*) FROM posthog_element") == 0
+    assert (await persons(pg))[0]["properties"] == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"timestamp": "garbage"}, "Invalid timestamp: 'garbage'"),
+        ({"timestamp": "2020-01-01 12:00:04", "sent_at": None}, "Invalid timestamp: '2020-01-01 12:00:04'"),
+        ({"timestamp": 1577880004000, "sent_at": None}, "Invalid timestamp: 1577880004000"),
+        ({"offset": "soon"}, "Invalid offset: 'soon'"),
+        ({"now": "yesterday"}, "Invalid or missing `now`"),
+    ],
+)
+async def test_5_2_11_13_invalid_times_are_dead_lettered(
+    pg: asyncpg.Pool,
+    ingestor: PostgresIngestor,
+    dead_letters: RecordedDeadLetters,
+    fields: dict[str, object],
+    reason: str,
+) -> None:
+    """Recommendation (§2.4): a clear error instead of NULL or `Invalid DateTime`."""
+    before = EVENTS_FAILED.labels("invalid_timestamp")._value.get()
+    bad = make_event("e", "t")
+    bad.update(fields)
+    assert await _one_bad_in_batch(pg, ingestor, dead_letters, bad) == reason
+    assert EVENTS_FAILED.labels("invalid_timestamp")._value.get() == before + 1
+
+
+async def test_5_2_11_lenient_timestamp_with_sent_at(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    now = datetime(2020, 1, 1, 12, 0, 5, 200000, tzinfo=UTC)
+    await ingest(
+        ingestor,
+        make_event("e", "t", now=now, timestamp="2020-01-01 12:00:04", sent_at="2020-01-01T12:00:05.000Z"),
+        make_event("e", "t", now=now, timestamp=1577880004000, sent_at="2020-01-01T12:00:05.000Z"),
+        make_event("e", "t", now=now, timestamp="2030-01-01T00:00:00Z", sent_at=None),
+    )
+    stamps = [e["timestamp"] for e in await events(pg)]
+    expected = datetime(2020, 1, 1, 12, 0, 4, 200000, tzinfo=UTC)
+    assert stamps == [expected, expected, datetime(2030, 1, 1, tzinfo=UTC)]  # no future clamping
+
+
+async def test_5_2_12_invalid_sent_at_counts_as_absent(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    """Recommendation: an unparsable sent_at is treated as absent everywhere, so the person is
+    still created (with the wall clock) and `$set` applies."""
+    event = make_event(
+        "e", "sent", {"$set": {"a": 1}}, sent_at="not a date", timestamp="2021-01-01T00:00:00Z"
+    )
+    assert await ingest(ingestor, event) == [Outcome.INGESTED]
+    (person,) = await persons(pg)
+    assert person["properties"] == {"a": 1}
+    assert abs((person["created_at"] - datetime.now(UTC)).total_seconds()) < 60
+    (stored,) = await events(pg)
+    assert stored["timestamp"] == datetime(2021, 1, 1, tzinfo=UTC)
+
+
+async def test_5_2_12_person_created_at_is_sent_at(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await ingest(ingestor, make_event("e", "sent", sent_at="2021-05-05T05:05:05.000Z"))
+    (person,) = await persons(pg)
+    assert person["created_at"] == datetime(2021, 5, 5, 5, 5, 5, tzinfo=UTC)
+
+
+async def test_5_2_14_snapshot_for_unknown_team(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    snapshot = make_event("$snapshot", "s", {"$session_id": "x", "$snapshot_data": {}}, team_id=404)
+    error = await _one_bad_in_batch(pg, ingestor, dead_letters, snapshot)
+    assert error == "No team found with ID 404. Can't ingest event."
+    assert await pg.fetchval("SELECT count(*) FROM posthog_sessionrecordingevent") == 0
+
+
+@pytest.mark.parametrize(
+    ("properties", "reason"),
+    [
+        ({"$snapshot_data": {}}, "$snapshot event without $session_id"),
+        ({"$session_id": "abc"}, "$snapshot event without $snapshot_data"),
+    ],
+)
+async def test_5_2_15_snapshot_without_session_or_data(
+    pg: asyncpg.Pool,
+    ingestor: PostgresIngestor,
+    dead_letters: RecordedDeadLetters,
+    properties: dict[str, object],
+    reason: str,
+) -> None:
+    assert (
+        await _one_bad_in_batch(pg, ingestor, dead_letters, make_event("$snapshot", "s", properties))
+        == reason
+    )
+
+
+async def test_5_2_16_oversized_event(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    """Recommendation: the encoded size is checked per event and oversized events are dead-lettered."""
+    limit = ingestor._max_bytes
+    bad = make_event("big", "b", {"blob": "x" * (limit + 1)})
+    assert (
+        await _one_bad_in_batch(pg, ingestor, dead_letters, bad) == f"properties is larger than {limit} bytes"
+    )
+
+
+async def test_5_2_17_nul_characters(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+) -> None:
+    bad = make_event("nul", "n", {"text": "a\u0000b"})
+    assert await _one_bad_in_batch(pg, ingestor, dead_letters, bad) == "properties contains a NUL character"
+
+
+async def test_5_2_20_create_alias_without_alias(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    await make_person(pg, ["me"])
+    assert await ingest(ingestor, make_event("$create_alias", "me")) == [Outcome.INGESTED]
+    (person,) = await persons(pg)
+    assert await distinct_ids_of(pg, person["id"]) == ["me"]
+
+
+async def test_5_2_21_illegal_anon_id_is_merged_normally(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    await ingest(ingestor, make_event("$identify", "real-user", {"$anon_distinct_id": "undefined"}))
+    (person,) = await persons(pg)
+    assert await distinct_ids_of(pg, person["id"]) == ["real-user", "undefined"]
+
+
+async def test_5_2_22_sixth_group_type_is_ignored(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    groups = {f"type{i}": f"key{i}" for i in range(6)}
+    await ingest(ingestor, make_event("grouped", "g", {"$groups": groups}, ip=None))
+    (event,) = await events(pg)
+    assert {k: v for k, v in event["properties"].items() if k.startswith("$group_")} == {
+        f"$group_{i}": f"key{i}" for i in range(5)
+    }
+
+
+async def test_5_2_03_team_id_from_payload_wins(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    """The event's own team_id is the one ingested (assembly lets data override the envelope)."""
+    await ingest(ingestor, make_event("e", "x", team_id=str(TEAM_ID)))
+    (event,) = await events(pg)
+    assert event["team_id"] == TEAM_ID
+
+
+async def test_2_1_dropped_events_and_plugin_view(pg: asyncpg.Pool, settings, dead_letters, team) -> None:  # type: ignore[no-untyped-def]
+    """A plugin dropping an event ingests nothing; `$snapshot` skips processEvent; onEvent gets the
+    post-plugin event untouched by ingestion (no `$ip`, `$elements` still there)."""
+    from plugin_server.ingestion.types import PluginEvent
+
+    class DropAndRecord:
+        def __init__(self) -> None:
+            self.processed: list[str] = []
+            self.ingested: list[PluginEvent] = []
+
+        async def process_events(self, events: list[PluginEvent]) -> list[PluginEvent | None]:
+            self.processed += [e["event"] for e in events]
+            return [None if e["event"] == "drop me" else e for e in events]
+
+        def on_events_ingested(self, events: list[PluginEvent]) -> None:
+            self.ingested += events
+
+    plugins = DropAndRecord()
+    ingestor = PostgresIngestor(pg, settings, plugins, dead_letters)
+    await ingestor.start()
+    elements = [{"tag_name": "a"}]
+    batch = [
+        make_event("drop me"),
+        make_event("$snapshot", "s", {"$session_id": "1", "$snapshot_data": "yes way"}),
+        make_event("$autocapture", "a", {"$elements": elements}),
+    ]
+    assert await ingest(ingestor, *batch) == [Outcome.DROPPED, Outcome.INGESTED, Outcome.INGESTED]
+    assert plugins.processed == ["drop me", "$autocapture"]
+    assert [e["event"] for e in plugins.ingested] == ["$snapshot", "$autocapture"]
+    assert plugins.ingested[1]["properties"] == {"$elements": elements}
+    assert [e["event"] for e in await events(pg)] == ["$autocapture"]
+    await ingestor.stop()
