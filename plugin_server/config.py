@@ -153,9 +153,16 @@ class Settings:
         choices=("auto", "json", "text"),
     )
     ingestion_batch_size: int = _var(500, "Celery/Kafka messages taken per batch (added)", minimum=1)
+    celery_heartbeat_ttl_seconds: float = _var(
+        30.0,
+        "Seconds without a heartbeat after which an instance's in-flight Celery batch is re-queued (added)",
+        minimum=1,
+    )
     ingestion_max_event_bytes: int = _var(
-        10_000_000, "Largest stored properties (or snapshot data) of one event, in bytes; larger events are "
-        "dead-lettered (added)", minimum=1024,
+        10_000_000,
+        "Largest stored properties (or snapshot data) of one event, in bytes; larger events are "
+        "dead-lettered (added)",
+        minimum=1024,
     )
     hook_timeout_seconds: float = _var(
         10.0, "Timeout of one webhook or REST hook request, in seconds (added)", minimum=0.001
