@@ -22,6 +22,7 @@ from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
 from plugin_server.queues.celery_service import celery_services
+from plugin_server.queues.kafka_service import kafka_services
 from plugin_server.services.staleness import StalenessWatchdog
 from plugin_server.services.status import StatusKeys
 from plugin_server.supervisor import LoopingService, ReadinessReporter, Service, Supervisor
@@ -40,6 +41,7 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     settings = ctx.settings
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
     services += celery_services(ctx)
+    services += kafka_services(ctx)
     if settings.staleness_restart_seconds > 0:
         services.append(
             StalenessWatchdog(ctx.activity, settings.staleness_restart_seconds, server.stop_for_staleness)

@@ -1,5 +1,9 @@
 """Kafka mode's dead letter queue: failed events go to `events_dead_letter_queue` with the
-reason (spec/ingestion.md §3.3.6), so the input partition can move on without losing them."""
+reason (spec/ingestion.md §3.3.6), so the input partition moves on without losing them.
+
+Implements the DeadLetterQueue protocol of `dead_letter.py`. A record is queued on the shared
+producer; it is durable once the producer's next flush returns, which the input consumer awaits
+before committing its offsets (so a dead letter that is not delivered means a re-read event)."""
 
 from __future__ import annotations
 
@@ -20,46 +24,62 @@ from plugin_server.queues.kafka_producer import BatchingProducer
 log = get_logger(__name__)
 
 DEAD_LETTERED = Counter(
-    "plugin_server_events_dead_lettered_total",
-    "Events sent to the dead letter queue, by where they failed",
+    "plugin_server_kafka_dead_letters_total",
+    "Records produced to events_dead_letter_queue, by where the event failed",
     ["location"],
     registry=REGISTRY,
 )
+STAGE_INGESTION = "ingestion"
+
+
+def error_location(stage: str) -> str:
+    """The `error_location` column for a pipeline stage name."""
+    if stage == STAGE_INGESTION:
+        return ERROR_LOCATION_INGEST
+    if stage.endswith("parse"):
+        return ERROR_LOCATION_PARSE
+    return f"plugin_server_{stage}"
 
 
 class KafkaDeadLetterQueue:
-    """Queues dead-letter records on the shared producer. Delivery is confirmed by the
-    producer's next flush, which the input consumer awaits before committing offsets."""
-
     def __init__(self, producer: BatchingProducer) -> None:
         self._producer = producer
 
-    async def add(
+    async def record(
         self,
-        event: Mapping[str, Any],
-        error: BaseException | object,
-        location: str = ERROR_LOCATION_INGEST,
+        raw: bytes | str | None,
+        error: str,
+        stage: str,
+        team_id: int | None = None,
+        event: dict[str, Any] | None = None,
     ) -> None:
-        record = dead_letter_record(event, error, location, max_bytes=self._producer.max_message_bytes)
+        """An event that failed (`event` given), or a message that could not be read as one
+        (its raw text kept as `raw_payload`)."""
+        location = error_location(stage)
+        if event is not None:
+            record = dead_letter_record(event, error, location, max_bytes=self._producer.max_message_bytes)
+        else:
+            raw_text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+            known = {"team_id": team_id} if team_id is not None else {}
+            record = dead_letter_record(
+                known, error, location, raw_payload=raw_text, max_bytes=self._producer.max_message_bytes
+            )
         await self._producer.queue(record)
         DEAD_LETTERED.labels(location).inc()
+        uuid = event.get("uuid") if event is not None else None
         log.info(
-            "🔔 event sent to the dead letter queue",
-            location=location,
-            uuid=event.get("uuid"),
-            team_id=event.get("team_id"),
-            error=str(error),
+            "🔔 sent to the dead letter queue", location=location, uuid=uuid, team_id=team_id, error=error
         )
 
     async def add_unparsable(
         self, raw: bytes | None, error: BaseException, envelope: Mapping[str, Any] | None = None
     ) -> None:
-        """A queue message that is not an event: keep its raw text (and any envelope fields
-        that could be read) so it can be inspected and replayed."""
+        """A Kafka message that is not an event: its raw text, and the envelope fields that
+        could be read, so it can be inspected and replayed."""
         raw_text = (raw or b"").decode("utf-8", "replace")
         record = dead_letter_record(
             envelope or {},
-            error,
+            str(error),
             ERROR_LOCATION_PARSE,
             raw_payload=raw_text,
             max_bytes=self._producer.max_message_bytes,

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from plugin_server.ingestion.js import json_text as js_json_text
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.queues.kafka_producer import KafkaMessage, ProducerRecord
 
@@ -48,7 +49,9 @@ def encode_json(value: Any) -> bytes:
 
 
 def json_text(value: Any) -> str:
-    return encode_json(value).decode()
+    """JSON text of a nested value (properties, snapshot data), numbers as JavaScript prints them."""
+    text = js_json_text(value)
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
 # ---------------------------------------------------------------------- timestamps
@@ -187,7 +190,7 @@ def event_record(
     *,
     uuid: str,
     event: str,
-    properties: Mapping[str, Any],
+    properties: Mapping[str, Any] | str,
     timestamp: str,
     team_id: int,
     distinct_id: str,
@@ -195,11 +198,12 @@ def event_record(
     elements_chain: str,
 ) -> ProducerRecord:
     """`clickhouse_events_proto`, keyed by the event uuid. `timestamp` is CH format (or
-    INVALID_DATETIME), `created_at` ISO format, as the original sent them (§3.3.1)."""
+    INVALID_DATETIME), `created_at` ISO format, as the original sent them (§3.3.1).
+    `properties` may be given as its JSON text already."""
     value = encode_event_proto(
         uuid=uuid,
         event=event,
-        properties=json_text(properties),
+        properties=properties if isinstance(properties, str) else json_text(properties),
         timestamp=timestamp,
         team_id=team_id,
         distinct_id=distinct_id,
@@ -220,13 +224,16 @@ def session_recording_record(
     timestamp: str,
     session_id: Any = _MISSING,
     snapshot_data: Any = _MISSING,
+    snapshot_json: str | None = None,
 ) -> ProducerRecord:
     """`clickhouse_session_recording_events`, keyed by uuid; `created_at` repeats the event's
     CH timestamp. A missing session id or snapshot leaves its key out (§2.7)."""
     payload: dict[str, Any] = {"uuid": uuid, "team_id": team_id, "distinct_id": distinct_id}
     if session_id is not _MISSING:
         payload["session_id"] = session_id
-    if snapshot_data is not _MISSING:
+    if snapshot_json is not None:
+        payload["snapshot_data"] = snapshot_json
+    elif snapshot_data is not _MISSING:
         payload["snapshot_data"] = json_text(snapshot_data)
     payload["timestamp"] = timestamp
     payload["created_at"] = timestamp
@@ -304,8 +311,10 @@ def plugin_log_entry_record(entry: Mapping[str, Any]) -> ProducerRecord:
     return _record(TOPIC_PLUGIN_LOG_ENTRIES, dict(entry), key=str(entry["id"]))
 
 
-def _error_text(error: BaseException | object) -> str:
-    if isinstance(error, BaseException):
+def _error_text(error: BaseException | str | object) -> str:
+    # The original appended the message only for Error objects (a thrown non-Error gave just the
+    # prefix); here an error is an exception or its message.
+    if isinstance(error, BaseException | str):
         return f"ingestEvent failed. Error: {error}"
     return "ingestEvent failed. "
 
@@ -319,7 +328,7 @@ def _now_seconds(now: Any) -> str | None:
 
 def dead_letter_payload(
     event: Mapping[str, Any],
-    error: BaseException | object,
+    error: BaseException | str | object,
     error_location: str = ERROR_LOCATION_INGEST,
     *,
     raw_payload: str | None = None,
@@ -344,7 +353,7 @@ def dead_letter_payload(
 
 def dead_letter_record(
     event: Mapping[str, Any],
-    error: BaseException | object,
+    error: BaseException | str | object,
     error_location: str = ERROR_LOCATION_INGEST,
     *,
     raw_payload: str | None = None,

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
+from plugin_server.ingestion import outbox
 from plugin_server.ingestion.identify import alias
 from plugin_server.ingestion.persons import (
     PersonNotFound,
@@ -49,22 +50,24 @@ class _PendingPersons:
         if not rows:
             return
         try:
-            async with conn.transaction():
-                await create_persons(conn, rows)
+            with outbox.savepoint():
+                async with conn.transaction():
+                    await create_persons(conn, rows)
         except asyncpg.UniqueViolationError:
             # Another process created some of them meanwhile: one at a time, skipping those.
             for created_at, team_id, uuid, distinct_id in rows:
                 try:
-                    async with conn.transaction():
-                        await create_person(
-                            conn,
-                            created_at=created_at,
-                            properties={},
-                            team_id=team_id,
-                            is_identified=False,
-                            uuid=uuid,
-                            distinct_ids=[distinct_id],
-                        )
+                    with outbox.savepoint():
+                        async with conn.transaction():
+                            await create_person(
+                                conn,
+                                created_at=created_at,
+                                properties={},
+                                team_id=team_id,
+                                is_identified=False,
+                                uuid=uuid,
+                                distinct_ids=[distinct_id],
+                            )
                 except asyncpg.UniqueViolationError:
                     pass
 
@@ -82,8 +85,9 @@ async def apply_person_changes(
             previous, is_identify = item.identify
             await pending.flush(conn)
             try:
-                async with conn.transaction():
-                    await alias(conn, team_id, previous, item.distinct_id, is_identify)
+                with outbox.savepoint():
+                    async with conn.transaction():
+                        await alias(conn, team_id, previous, item.distinct_id, is_identify)
             except Exception as error:  # the original swallowed identify failures too
                 log.warning(
                     "identify_failed",
@@ -103,10 +107,11 @@ async def apply_person_changes(
         if item.set_props is not None:
             await pending.flush(conn)
             try:
-                async with conn.transaction():
-                    await update_person_properties(
-                        conn, team_id, item.distinct_id, item.set_props, item.set_once_props or {}
-                    )
+                with outbox.savepoint():
+                    async with conn.transaction():
+                        await update_person_properties(
+                            conn, team_id, item.distinct_id, item.set_props, item.set_once_props or {}
+                        )
             except _EVENT_FAILURES as error:
                 result.failures[item.position] = error
     await pending.flush(conn)

@@ -14,6 +14,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
+from plugin_server.ingestion import outbox
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
 from plugin_server.ingestion.definitions import DefinitionStore, NewDefinitions
@@ -66,6 +67,10 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class Publisher(Protocol):
+    async def __call__(self, messages: list[Any]) -> None: ...
+
+
 class DeadLetters(Protocol):
     async def record(
         self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: PluginEvent | None
@@ -102,6 +107,7 @@ class PostgresIngestor:
         hooks: HookSender | None = None,
         writer: EventWriter | None = None,
         teams: TeamCache | None = None,
+        publish: Publisher | None = None,
     ) -> None:
         self._pool = pool
         self._plugins = plugins
@@ -117,6 +123,8 @@ class PostgresIngestor:
         self.definitions = DefinitionStore(pool)
         self.seen = SeenDistinctIds(settings.distinct_id_lru_size)
         self.writer = writer or PostgresEventWriter()
+        # Kafka mode: what a transaction emitted (outbox) is handed over once it committed.
+        self._publish = publish
 
     async def start(self) -> None:
         await self.actions.reload_all()
@@ -207,6 +215,15 @@ class PostgresIngestor:
         failures.extend(failed)
 
     async def _write_transaction(
+        self, conn: asyncpg.Connection, items: list[PreparedEvent]
+    ) -> list[_Failure]:
+        with outbox.collect(enabled=self._publish is not None) as messages:
+            failed = await self._write_in_transaction(conn, items)
+        if self._publish is not None and messages:
+            await self._publish(messages)
+        return failed
+
+    async def _write_in_transaction(
         self, conn: asyncpg.Connection, items: list[PreparedEvent]
     ) -> list[_Failure]:
         async with conn.transaction():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,8 @@ from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.api import Ingestor
-from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
+from plugin_server.ingestion.js import js_string
+from plugin_server.ingestion.kafka_dead_letter import STAGE_INGESTION, KafkaDeadLetterQueue
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
@@ -71,31 +71,6 @@ def _loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
-def _js_string(value: Any) -> str:
-    """JavaScript's String(x) for the values JSON can hold."""
-    if isinstance(value, str):
-        return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        if value.is_integer() and abs(value) < 1e21:
-            return str(int(value))
-        return repr(value).replace("e-0", "e-")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return ",".join("" if item is None else _js_string(item) for item in value)
-    return "[object Object]"
-
-
 def parse_event(value: bytes | None) -> PluginEvent:
     """A Kafka message value as a PluginEvent (§1.2.3): the envelope, overlaid by every
     top-level key of the JSON text in its `data` field."""
@@ -123,7 +98,7 @@ def parse_event(value: bytes | None) -> PluginEvent:
         # `distinct_id?.toString()` left it undefined: the pipeline then reads "undefined".
         event.pop("distinct_id", None)
     else:
-        event["distinct_id"] = _js_string(event["distinct_id"])
+        event["distinct_id"] = js_string(event["distinct_id"])
     return event
 
 
@@ -186,6 +161,7 @@ class KafkaIngestionConsumer:
         group_id: str = GROUP_ID,
         batch_size: int | None = None,
         session_timeout_ms: int = 10_000,
+        on_batch: Callable[[], None] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._settings = settings
@@ -198,6 +174,7 @@ class KafkaIngestionConsumer:
         self._batch_size = batch_size or settings.ingestion_batch_size
         self._batch_timeout = settings.kafka_batch_timeout_seconds
         self._sleep = sleep
+        self._on_batch = on_batch
         # A broker may wait up to this long for members when the group (re)forms.
         self._session_timeout_ms = session_timeout_ms
         self._consumer: Any = None
@@ -296,6 +273,8 @@ class KafkaIngestionConsumer:
                 self._backoff = 0
                 await self._commit(batch)
                 BATCHES.labels("committed").inc()
+                if self._on_batch is not None:
+                    self._on_batch()
 
     async def _ingest_batch(self, batch: Mapping[Any, list[Any]]) -> None:
         events: list[IncomingEvent] = []
@@ -339,7 +318,7 @@ class KafkaIngestionConsumer:
         assert failure is not None
         if isinstance(failure, TimeoutError):
             failure = TimeoutError(f"ingestion took longer than {self._batch_timeout:g} s")
-        await self._dead_letters.add(event.event, failure)
+        await self._dead_letters.record(event.raw, str(failure), STAGE_INGESTION, event.team_id, event.event)
 
     def _rewind(self, batch: Mapping[Any, list[Any]]) -> None:
         consumer = self._consumer

@@ -218,9 +218,10 @@ def test_4_2_54_dead_letter_message() -> None:
     assert json.loads(payload["raw_payload"]) == event
 
 
-def test_dead_letter_of_a_thrown_non_exception_and_missing_fields() -> None:
-    payload = km.dead_letter_payload({"event": "x"}, "a string was thrown")
-    assert payload["error"] == "ingestEvent failed. "
+def test_dead_letter_error_text_and_missing_fields() -> None:
+    payload = km.dead_letter_payload({"event": "x"}, "database unavailable")
+    assert payload["error"] == "ingestEvent failed. Error: database unavailable"
+    assert km.dead_letter_payload({}, object())["error"] == "ingestEvent failed. "
     assert payload["now"] is None
     assert payload["properties"] == "{}"
     assert payload["event_uuid"] is None
