@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from prometheus_client import Counter
 
+from plugin_server.config import Settings
 from plugin_server.context import AppContext
-from plugin_server.ingestion.api import NoPlugins
+from plugin_server.ingestion.api import EventPluginRunner, NoPlugins
 from plugin_server.ingestion.groups import GroupTypeStore
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
 from plugin_server.ingestion.kafka_writer import KafkaEventWriter
@@ -51,13 +53,8 @@ class KafkaIngestion:
         self._producer = producer
         ctx.extras[KAFKA_PRODUCER] = producer
         dead_letters = KafkaDeadLetterQueue(producer)
-        ingestor = PostgresIngestor(
-            ctx.postgres,
-            settings,
-            ctx.extras.get(PLUGIN_RUNNER) or NoPlugins(),
-            dead_letters,
-            writer=KafkaEventWriter(GroupTypeStore(ctx.postgres), producer.max_message_bytes),
-            publish=self._publish,
+        ingestor = kafka_mode_ingestor(
+            ctx.postgres, settings, ctx.extras.get(PLUGIN_RUNNER) or NoPlugins(), producer, dead_letters
         )
         await ingestor.start()
         self._ingestor = ingestor
@@ -89,15 +86,34 @@ class KafkaIngestion:
             return False, "not started"
         return self._consumer.ready()
 
-    async def _publish(self, messages: list[Any]) -> None:
-        assert self._producer is not None
+
+def kafka_mode_ingestor(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    plugins: EventPluginRunner,
+    producer: BatchingProducer,
+    dead_letters: KafkaDeadLetterQueue,
+) -> PostgresIngestor:
+    """The ingestion pipeline writing for ClickHouse: events through the Kafka writer, the
+    transaction's outbox produced after COMMIT, failures to the Kafka dead letter queue."""
+
+    async def publish(messages: list[Any]) -> None:
         for record in messages:
             try:
-                await self._producer.queue(record)
+                await producer.queue(record)
             except MessageTooLarge as exc:
                 # Postgres has the write; only its ClickHouse copy cannot be carried.
                 OVERSIZED.inc()
                 log.error("message too large for Kafka not produced", topic=record.topic, error=str(exc))
+
+    return PostgresIngestor(
+        pool,
+        settings,
+        plugins,
+        dead_letters,
+        writer=KafkaEventWriter(GroupTypeStore(pool), producer.max_message_bytes),
+        publish=publish,
+    )
 
 
 def kafka_services(ctx: AppContext) -> list[Service]:
