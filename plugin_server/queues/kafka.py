@@ -357,5 +357,14 @@ class _RebalanceListener(ConsumerRebalanceListener):
         log.info("Kafka partitions revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        consumer = self._owner._consumer
+        if consumer is not None:
+            # Resolve where each partition starts (committed offset, or the log end for a new
+            # group) before reporting ready, so events produced after readiness are all read.
+            for tp in assigned:
+                try:
+                    await consumer.position(tp)
+                except Exception as exc:  # e.g. revoked again meanwhile; the next join retries
+                    log.warning("Kafka partition position not resolved", partition=str(tp), error=repr(exc))
         self._owner._joined = True
         log.info("✅ Kafka consumer joined group", group=self._owner._group_id, partitions=len(assigned))
