@@ -8,7 +8,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run migrate test lint typecheck check services bench lock clean
 
-install: $(STAMP)
+# The JS/TS plugin transpiler, pinned by version and npm integrity hash; no network at run time.
+BABEL_VERSION := 7.29.13
+BABEL_INTEGRITY := sha512-N8oXikyXZJfWWQoO26w+KLheK1P4itiJx15C29FNWpYsxYhbie2EyfZDvxZfBL+Gx+hInpGI0CO7y/pSh6hHkg==
+BABEL_JS := plugin_server/plugins/js/vendor/babel.min.js
+
+install: $(STAMP) $(BABEL_JS)
+
+$(BABEL_JS): scripts/vendor-babel.sh
+	@bash scripts/vendor-babel.sh $(BABEL_VERSION) $(BABEL_INTEGRITY) $@
 
 $(STAMP): requirements-dev.lock
 	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)

@@ -18,11 +18,13 @@ from plugin_server.context import AppContext
 from plugin_server.db.postgres import create_pool
 from plugin_server.db.redis import create_redis
 from plugin_server.http import HttpServer
+from plugin_server.ingestion.actions import action_cache_services
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
 from plugin_server.queues.celery_service import celery_services
-from plugin_server.queues.kafka_service import kafka_services
+from plugin_server.queues.kafka_service import kafka_producer_services, kafka_services
+from plugin_server.services.assembly import build_host_services, build_plugin_drivers
 from plugin_server.services.staleness import StalenessWatchdog
 from plugin_server.services.status import StatusKeys
 from plugin_server.supervisor import LoopingService, ReadinessReporter, Service, Supervisor
@@ -40,7 +42,19 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     """Every service of a running server, in start order (stopped in reverse)."""
     settings = ctx.settings
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
+    # Kafka mode: the shared producer, before everything that produces (stopped after them)
+    services += kafka_producer_services(ctx)
+    # what plugins call (GeoIP, fetch, jobs, capture, metrics): up before any plugin loads
+    services += build_host_services(ctx)
+    # the action cache: matched by ingestion, kept current by the reload listener built below
+    services += action_cache_services(ctx)
+    # the plugin registry, once built here, publishes itself as extras["plugins"] before this point
+    plugins = ctx.extras.get("plugins")
+    if plugins is not None:
+        services += build_plugin_drivers(ctx, plugins)
+    # the Celery list: the Postgres pipeline and its consumer, started after the plugins
     services += celery_services(ctx)
+    # Kafka mode: the topic consumer and the pipeline writing for ClickHouse
     services += kafka_services(ctx)
     if settings.staleness_restart_seconds > 0:
         services.append(

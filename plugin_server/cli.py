@@ -80,6 +80,10 @@ async def _migrate(settings: Settings) -> int:
 
     try:
         applied = await migrate(settings.postgres_dsn, graphile_schema=settings.job_queue_graphile_schema)
+        if settings.job_queue_graphile_url and "graphile" in settings.job_queue_kinds:
+            from plugin_server.services.jobs import migrate_job_queue
+
+            await migrate_job_queue(settings.job_queue_graphile_url, settings.job_queue_graphile_schema)
     except Exception as exc:
         log.error("🔴 Error running migrations!", error=repr(exc))
         return 1

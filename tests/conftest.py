@@ -64,7 +64,7 @@ BEGIN
     SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') INTO tables
     FROM pg_tables
     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
-      AND tablename <> 'plugin_server_migrations';
+      AND tablename NOT IN ('plugin_server_migrations', 'migrations');  -- job queue schema version too
     IF tables IS NOT NULL THEN
         EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY CASCADE';
     END IF;

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from plugin_server.config import ConfigError, load_settings, require_postgres, settings_fields
+from tests.shared_docs import shared_dir
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "services.md"
+SPEC = shared_dir() / "spec" / "services.md"
 
 
 def spec_variables() -> list[str]:

@@ -18,8 +18,9 @@ from plugin_server.db.migrate import load_migrations
 from tests.conftest import PG_ROOT, REDIS_URL, _admin
 from tests.kafka_broker import free_port
 from tests.server_process import ROOT, server_env, server_process, wait_ready
+from tests.shared_docs import shared_dir
 
-POSTHOG_SQL = ROOT.parent / "shared" / "schema" / "posthog.sql"
+POSTHOG_SQL = shared_dir() / "schema" / "posthog.sql"
 
 
 @pytest.fixture

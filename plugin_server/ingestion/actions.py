@@ -1,9 +1,11 @@
-"""Actions: the per-team cache of actions and steps (reloaded every 5 minutes and on
-`reload-action`/`drop-action` messages) and matching events against them (spec/ingestion.md §2.12)."""
+"""Actions: the per-team cache of actions and steps and matching events against them
+(spec/ingestion.md §2.12). `action_cache_services` publishes the cache as `ctx.extras["actions"]`,
+where the reload listener finds it for `reload-action` / `drop-action` messages and the pipeline
+for matching; `ActionCacheRefresh` loads it at start and reloads it all every 5 minutes."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -11,16 +13,16 @@ from typing import Any
 
 import asyncpg
 
+from plugin_server.context import AppContext
 from plugin_server.ingestion import queries
 from plugin_server.ingestion.js import truthy
 from plugin_server.ingestion.property_filters import EMPTY_MATCHING_OPERATORS, check_property_filter
 from plugin_server.ingestion.selectors import selector_matches
 from plugin_server.logs import get_logger
+from plugin_server.supervisor import Service
 
 log = get_logger(__name__)
 
-RELOAD_ACTION_CHANNEL = "reload-action"
-DROP_ACTION_CHANNEL = "drop-action"
 RELOAD_INTERVAL_SECONDS = 300.0
 
 
@@ -111,26 +113,13 @@ class ActionCache:
             row = await conn.fetchrow(queries.SELECT_ACTION, action_id)
             step_rows = await conn.fetch(queries.SELECT_STEPS_OF_ACTION, action_id) if row else []
         if row is None:
-            self.drop_action(team_id, action_id)
+            await self.drop_action(team_id, action_id)
             return
         action = Action.from_row(row, (ActionStep.from_row(s) for s in step_rows))
         self._by_team.setdefault(action.team_id, {})[action.id] = action
 
-    def drop_action(self, team_id: int, action_id: int) -> None:
+    async def drop_action(self, team_id: int, action_id: int) -> None:
         self._by_team.get(team_id, {}).pop(action_id, None)
-
-    async def handle_message(self, channel: str, message: str | bytes) -> None:
-        """A `reload-action` / `drop-action` pub/sub message: `{"teamId": .., "actionId": ..}`."""
-        try:
-            payload = json.loads(message)
-            team_id, action_id = int(payload["teamId"]), int(payload["actionId"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("action_message_invalid", channel=channel, message=str(message)[:200])
-            return
-        if channel == RELOAD_ACTION_CHANNEL:
-            await self.reload_action(team_id, action_id)
-        elif channel == DROP_ACTION_CHANNEL:
-            self.drop_action(team_id, action_id)
 
     def team_actions(self, team_id: int) -> list[Action]:
         """Ascending action id, as the original returned matches."""
@@ -139,6 +128,30 @@ class ActionCache:
 
     def team_needs_person(self, team_id: int) -> bool:
         return any(step.needs_person() for a in self.team_actions(team_id) for step in a.steps)
+
+
+class ActionCacheRefresh:
+    """A looping service reloading every action every 5 minutes (the original's cron)."""
+
+    name = "action-cache-refresh"
+
+    def __init__(self, actions: ActionCache, interval: float = RELOAD_INTERVAL_SECONDS) -> None:
+        self._actions = actions
+        self._interval = interval
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._actions.reload_all()
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout=self._interval)
+            except TimeoutError:
+                await self._actions.reload_all()
+
+    async def stop(self) -> None:
+        self._stopped.set()
 
 
 # -- matching
@@ -234,3 +247,14 @@ def match_actions(actions: list[Action], data: MatchInput, cohort_members: Cohor
                     "action_step_check_failed", action_id=action.id, step_id=step.id, error=str(error)
                 )
     return matched
+
+
+ACTIONS = "actions"  # the AppContext.extras key of the shared ActionCache
+
+
+def action_cache_services(ctx: AppContext) -> list[Service]:
+    """The shared action cache, published for the reload listener and the pipeline (so build this
+    before `build_plugin_drivers`), with its refresh service."""
+    cache = ActionCache(ctx.postgres)
+    ctx.extras[ACTIONS] = cache
+    return [ActionCacheRefresh(cache)]

@@ -29,12 +29,13 @@ DEAD_LETTERED = Counter(
     ["location"],
     registry=REGISTRY,
 )
-STAGE_INGESTION = "ingestion"
 
 
 def error_location(stage: str) -> str:
-    """The `error_location` column for a pipeline stage name."""
-    if stage == STAGE_INGESTION:
+    """The `error_location` column for a dead-letter stage name."""
+    if stage.startswith("plugin_server_"):
+        return stage  # already the original's name (the pipeline's plugin_server_ingest_event)
+    if stage == "ingestion":
         return ERROR_LOCATION_INGEST
     if stage.endswith("parse"):
         return ERROR_LOCATION_PARSE

@@ -1,6 +1,10 @@
-"""The person side of a batch, in event order inside the batch's transaction: identify/alias,
-creating persons for new distinct ids, `$set`/`$set_once` (spec/ingestion.md §2.5, §2.8).
-New persons are created in bulk until an event needs to read persons."""
+"""The person side of a batch inside the batch's transaction: identify/alias, persons for new
+distinct ids, `$set`/`$set_once` (spec/ingestion.md §2.5, §2.8).
+
+Events are taken in order, in segments that each start at an identify/alias event (the only
+events that re-point distinct ids): the segment's alias runs first, then its new persons are
+created in bulk, its persons read in one query, property updates applied in event order in
+memory, and every changed person written once. The result equals one event at a time."""
 
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ from datetime import datetime
 
 import asyncpg
 
-from plugin_server.ingestion import outbox
+from plugin_server.ingestion import outbox, queries
 from plugin_server.ingestion.identify import alias
+from plugin_server.ingestion.js import js_string
 from plugin_server.ingestion.persons import (
+    Person,
     PersonNotFound,
     SeenDistinctIds,
+    apply_property_updates,
     create_person,
     create_persons,
+    emitted_person,
+    fetch_persons,
     known_distinct_ids,
-    update_person_properties,
 )
 from plugin_server.ingestion.prepare import PreparedEvent, new_person_uuid
 from plugin_server.logs import get_logger
@@ -32,8 +40,6 @@ EVENT_DATA_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.ProgramLimitExceededError,
 )
 
-_EVENT_FAILURES: tuple[type[Exception], ...] = (PersonNotFound, *EVENT_DATA_ERRORS)
-
 
 @dataclass(slots=True)
 class PersonChanges:
@@ -41,78 +47,125 @@ class PersonChanges:
     seen: set[tuple[int, str]] = field(default_factory=set)  # keys with a person, to cache after commit
 
 
-class _PendingPersons:
-    def __init__(self) -> None:
-        self.rows: list[tuple[datetime, int, str, str]] = []
+async def _create_new_persons(conn: asyncpg.Connection, rows: list[tuple[datetime, int, str, str]]) -> None:
+    if not rows:
+        return
+    try:
+        with outbox.savepoint():
+            async with conn.transaction():
+                await create_persons(conn, rows)
+    except asyncpg.UniqueViolationError:
+        # Another process created some of them meanwhile: one at a time, skipping those.
+        for created_at, team_id, uuid, distinct_id in rows:
+            try:
+                with outbox.savepoint():
+                    async with conn.transaction():
+                        await create_person(
+                            conn,
+                            created_at=created_at,
+                            properties={},
+                            team_id=team_id,
+                            is_identified=False,
+                            uuid=uuid,
+                            distinct_ids=[distinct_id],
+                        )
+            except asyncpg.UniqueViolationError:
+                pass
 
-    async def flush(self, conn: asyncpg.Connection) -> None:
-        rows, self.rows = self.rows, []
-        if not rows:
-            return
-        try:
-            with outbox.savepoint():
-                async with conn.transaction():
-                    await create_persons(conn, rows)
-        except asyncpg.UniqueViolationError:
-            # Another process created some of them meanwhile: one at a time, skipping those.
-            for created_at, team_id, uuid, distinct_id in rows:
-                try:
-                    with outbox.savepoint():
-                        async with conn.transaction():
-                            await create_person(
-                                conn,
-                                created_at=created_at,
-                                properties={},
-                                team_id=team_id,
-                                is_identified=False,
-                                uuid=uuid,
-                                distinct_ids=[distinct_id],
-                            )
-                except asyncpg.UniqueViolationError:
-                    pass
+
+async def _run_alias(conn: asyncpg.Connection, item: PreparedEvent, known: set[tuple[int, str]]) -> None:
+    assert item.identify is not None
+    previous, is_identify = item.identify
+    team_id = item.team.id
+    try:
+        with outbox.savepoint():
+            async with conn.transaction():
+                await alias(conn, team_id, previous, item.distinct_id, is_identify)
+    except Exception as error:  # identify failures never fail the event (as in the original)
+        log.warning(
+            "identify_failed",
+            team_id=team_id,
+            distinct_id=item.distinct_id,
+            error=str(error) or type(error).__name__,
+        )
+    else:
+        known.add(item.person_key)
+        if previous is not None:
+            known.add((team_id, js_string(previous)))
+
+
+async def _load_persons(
+    conn: asyncpg.Connection, keys: set[tuple[int, str]]
+) -> dict[tuple[int, str], Person]:
+    by_team: dict[int, list[str]] = {}
+    for team_id, distinct_id in keys:
+        by_team.setdefault(team_id, []).append(distinct_id)
+    loaded: dict[tuple[int, str], Person] = {}
+    for team_id, distinct_ids in by_team.items():
+        for distinct_id, person in (await fetch_persons(conn, team_id, distinct_ids)).items():
+            loaded[(team_id, distinct_id)] = person
+    return loaded
+
+
+def _segments(items: Sequence[PreparedEvent]) -> list[list[PreparedEvent]]:
+    segments: list[list[PreparedEvent]] = [[]]
+    for item in items:
+        if item.identify is not None and segments[-1]:
+            segments.append([])
+        segments[-1].append(item)
+    return segments
 
 
 async def apply_person_changes(
     conn: asyncpg.Connection, items: Sequence[PreparedEvent], seen: SeenDistinctIds
 ) -> PersonChanges:
     result = PersonChanges()
-    unseen = list(dict.fromkeys(item.person_key for item in items if item.person_key not in seen))
-    known = await known_distinct_ids(conn, unseen)
-    pending = _PendingPersons()
-    for item in items:
-        team_id = item.team.id
-        if item.identify is not None:
-            previous, is_identify = item.identify
-            await pending.flush(conn)
-            try:
-                with outbox.savepoint():
-                    async with conn.transaction():
-                        await alias(conn, team_id, previous, item.distinct_id, is_identify)
-            except Exception as error:  # the original swallowed identify failures too
-                log.warning(
-                    "identify_failed",
-                    team_id=team_id,
-                    distinct_id=item.distinct_id,
-                    error=str(error) or type(error).__name__,
+    keys = dict.fromkeys(item.person_key for item in items)
+    cached = {key for key in keys if key in seen}
+    known = await known_distinct_ids(conn, [key for key in keys if key not in cached])
+    known |= cached
+    for segment in _segments(items):
+        if segment[0].identify is not None:
+            await _run_alias(conn, segment[0], known)
+        new_persons = []
+        for item in segment:
+            if item.person_key not in known:
+                new_persons.append(
+                    (item.person_created_at, item.team.id, new_person_uuid(), item.distinct_id)
                 )
-            else:
                 known.add(item.person_key)
-                if isinstance(previous, str):
-                    known.add((team_id, previous))
-        key = item.person_key
-        if key not in known and key not in result.seen and key not in seen:
-            pending.rows.append((item.person_created_at, team_id, new_person_uuid(), item.distinct_id))
-            known.add(key)
-        result.seen.add(key)
-        if item.set_props is not None:
-            await pending.flush(conn)
-            try:
-                with outbox.savepoint():
-                    async with conn.transaction():
-                        await update_person_properties(
-                            conn, team_id, item.distinct_id, item.set_props, item.set_once_props or {}
-                        )
-            except _EVENT_FAILURES as error:
-                result.failures[item.position] = error
-    await pending.flush(conn)
+            result.seen.add(item.person_key)
+        await _create_new_persons(conn, new_persons)
+        updates = [item for item in segment if item.set_props is not None]
+        if updates:
+            await _apply_property_updates(conn, updates, result)
     return result
+
+
+async def _apply_property_updates(
+    conn: asyncpg.Connection, updates: list[PreparedEvent], result: PersonChanges
+) -> None:
+    persons = await _load_persons(conn, {item.person_key for item in updates})
+    by_id: dict[int, Person] = {}  # two distinct ids of one person share one object
+    persons = {key: by_id.setdefault(person.id, person) for key, person in persons.items()}
+    original = {person.id: person.properties for person in persons.values()}
+    for item in updates:
+        person = persons.get(item.person_key)
+        if person is None:
+            result.failures[item.position] = PersonNotFound(
+                f'Could not find person with distinct id "{item.distinct_id}" in team "{item.team.id}" '
+                "to update properties"
+            )
+            continue
+        person.properties = apply_property_updates(
+            person.properties, item.set_props or {}, item.set_once_props or {}
+        )
+        if outbox.active():
+            # Kafka mode: the person's state after each `$set` event, even when nothing changed
+            # (the original wrote and sent it every time).
+            outbox.emit(emitted_person(person))
+    changed = {p.id: p.properties for p in persons.values() if p.properties != original[p.id]}
+    if changed:
+        await conn.executemany(
+            queries.UPDATE_PERSON_PROPERTIES, [(props, pid) for pid, props in changed.items()]
+        )

@@ -203,24 +203,3 @@ def apply_property_updates(
         if isinstance(value, dict | list) or current != value or type(current) is not type(value):
             updated[key] = value
     return updated
-
-
-async def update_person_properties(
-    conn: asyncpg.Connection,
-    team_id: int,
-    distinct_id: str,
-    set_props: dict[str, Any],
-    set_once_props: dict[str, Any],
-) -> None:
-    person = await fetch_person(conn, team_id, distinct_id)
-    if person is None:
-        raise PersonNotFound(
-            f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to update properties'
-        )
-    updated = apply_property_updates(person.properties, set_props, set_once_props)
-    if updated != person.properties:
-        await conn.execute(queries.UPDATE_PERSON_PROPERTIES, updated, person.id)
-    if outbox.active():
-        # Kafka mode sends the person's state even when nothing changed, as the original did.
-        person.properties = updated
-        outbox.emit(emitted_person(person))

@@ -17,6 +17,7 @@ from plugin_server.config import Settings
 from plugin_server.ingestion import outbox
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
+from plugin_server.ingestion.dead_letter import DeadLetterQueue
 from plugin_server.ingestion.definitions import DefinitionStore, NewDefinitions
 from plugin_server.ingestion.elements import InvalidElements
 from plugin_server.ingestion.groups import GroupTypeStore
@@ -55,26 +56,19 @@ BATCH_SECONDS = Histogram(
     "ingestion_batch_seconds", "Time to ingest one batch (plugins included)", registry=REGISTRY
 )
 
-STAGE_INGESTION = "ingestion"
+STAGE_INGESTION = "plugin_server_ingest_event"  # the original's DLQ error_location
 # Errors that belong to one event's content; anything else escaping a step is a bug or an outage.
 EVENT_ERRORS: tuple[type[Exception], ...] = (
     InvalidEvent,
     InvalidTimestamp,
     InvalidElements,
     UnknownTeam,
-    LookupError,
     *EVENT_DATA_ERRORS,
 )
 
 
 class Publisher(Protocol):
     async def __call__(self, messages: list[Any]) -> None: ...
-
-
-class DeadLetters(Protocol):
-    async def record(
-        self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: PluginEvent | None
-    ) -> None: ...
 
 
 def _reason(error: BaseException) -> str:
@@ -84,7 +78,9 @@ def _reason(error: BaseException) -> str:
         return "invalid_timestamp"
     if isinstance(error, asyncpg.PostgresError):
         return "database_error"
-    return "invalid_event"
+    if isinstance(error, EVENT_ERRORS):
+        return "invalid_event"
+    return "unexpected_error"
 
 
 @dataclass(slots=True)
@@ -94,14 +90,15 @@ class _Failure:
 
 
 class PostgresIngestor:
-    """`Ingestor` for Postgres mode (KAFKA_ENABLED=false)."""
+    """`Ingestor` for Postgres mode (KAFKA_ENABLED=false). `start` loads the action cache when it is
+    the ingestor's own (a shared one is loaded by `ActionCacheRefresh`); `stop` lets fired hooks finish."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         settings: Settings,
         plugins: EventPluginRunner,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterQueue,
         *,
         actions: ActionCache | None = None,
         hooks: HookSender | None = None,
@@ -115,6 +112,7 @@ class PostgresIngestor:
         self._max_bytes = settings.ingestion_max_event_bytes
         self.teams = teams or TeamCache(pool)
         self.organizations = OrganizationCache(pool)
+        self._owns_actions = actions is None
         self.actions = actions or ActionCache(pool)
         self.hooks = hooks or HookSender(
             pool, self.teams, self.organizations, timeout_seconds=settings.hook_timeout_seconds
@@ -127,7 +125,8 @@ class PostgresIngestor:
         self._publish = publish
 
     async def start(self) -> None:
-        await self.actions.reload_all()
+        if self._owns_actions:
+            await self.actions.reload_all()
 
     async def stop(self) -> None:
         await self.hooks.stop()
@@ -138,19 +137,22 @@ class PostgresIngestor:
         events = await self._run_plugins(batch, outcomes)
         failures: list[_Failure] = []
         prepared = await self._prepare(events, failures)
+        # Dead-letter what failed before writing: should that fail, nothing of the batch is saved
+        # yet and a retry of the batch makes no duplicates.
+        await self._dead_letter_all(batch, events, failures, outcomes)
         if prepared:
+            failures = []
             await self._write(prepared, failures)
-        for failure in failures:
-            outcomes[failure.position] = Outcome.DEAD_LETTERED
-            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
+            await self._dead_letter_all(batch, events, failures, outcomes)
         for item in prepared:
             if outcomes[item.position] is Outcome.INGESTED and item.matched:
                 self.hooks.fire(item.view, item.person, item.matched)
         survivors = [e for e in events if e is not None]
         if survivors:
             self._plugins.on_events_ingested(survivors)
-        for outcome in outcomes:
-            EVENTS_INGESTED.labels(outcome.value).inc()
+        for outcome in Outcome:
+            if count := outcomes.count(outcome):
+                EVENTS_INGESTED.labels(outcome.value).inc(count)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         return outcomes
 
@@ -194,6 +196,10 @@ class PostgresIngestor:
                     await self.group_types.add_group_properties(item.team.id, item.properties)
                 finish_properties(item, self._max_bytes)
             except EVENT_ERRORS as error:
+                failures.append(_Failure(position, error))
+                continue
+            except Exception as error:  # never let one odd event block its whole batch
+                log.exception("event_preparation_crashed", uuid=event.get("uuid"))
                 failures.append(_Failure(position, error))
                 continue
             prepared.append(item)
@@ -296,6 +302,17 @@ class PostgresIngestor:
             return set()
         rows = await conn.fetch(SELECT_COHORT_MEMBERS, list(cohort_ids), list(person_ids))
         return {(r["cohort_id"], r["person_id"]) for r in rows}
+
+    async def _dead_letter_all(
+        self,
+        batch: Sequence[IncomingEvent],
+        events: Sequence[PluginEvent | None],
+        failures: list[_Failure],
+        outcomes: list[Outcome],
+    ) -> None:
+        for failure in failures:
+            outcomes[failure.position] = Outcome.DEAD_LETTERED
+            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
 
     async def _dead_letter(
         self, incoming: IncomingEvent, event: PluginEvent | None, error: BaseException

@@ -11,7 +11,7 @@ PERSON_COLUMNS = (
     "posthog_person.properties_last_updated_at, posthog_person.properties_last_operation, "
     "posthog_person.is_user_id, posthog_person.is_identified, posthog_person.uuid"
 )
-SELECT_PERSON = f"""
+_PERSONS_WITH_DISTINCT_ID = f"""
 SELECT {PERSON_COLUMNS},
        posthog_persondistinctid.team_id AS persondistinctid__team_id,
        posthog_persondistinctid.distinct_id AS persondistinctid__distinct_id
@@ -19,21 +19,10 @@ FROM posthog_person
 JOIN posthog_persondistinctid ON posthog_persondistinctid.person_id = posthog_person.id
 WHERE posthog_person.team_id = $1
   AND posthog_persondistinctid.team_id = $1
-  AND posthog_persondistinctid.distinct_id = $2
-LIMIT 1
 """
-SELECT_PERSONS_BY_DISTINCT_IDS = f"""
-SELECT {PERSON_COLUMNS},
-       posthog_persondistinctid.team_id AS persondistinctid__team_id,
-       posthog_persondistinctid.distinct_id AS persondistinctid__distinct_id
-FROM posthog_person
-JOIN posthog_persondistinctid ON posthog_persondistinctid.person_id = posthog_person.id
-WHERE posthog_person.team_id = $1
-  AND posthog_persondistinctid.team_id = $1
-  AND posthog_persondistinctid.distinct_id = ANY($2::text[])
-"""
-COUNT_DISTINCT_ID = (
-    "SELECT COUNT(*) AS pdicount FROM posthog_persondistinctid WHERE team_id = $1 AND distinct_id = $2"
+SELECT_PERSON = _PERSONS_WITH_DISTINCT_ID + "AND posthog_persondistinctid.distinct_id = $2 LIMIT 1"
+SELECT_PERSONS_BY_DISTINCT_IDS = (
+    _PERSONS_WITH_DISTINCT_ID + "AND posthog_persondistinctid.distinct_id = ANY($2::text[])"
 )
 SELECT_KNOWN_DISTINCT_IDS = """
 SELECT team_id, distinct_id FROM posthog_persondistinctid

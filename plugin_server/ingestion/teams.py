@@ -73,11 +73,6 @@ class TeamCache:
             self._cache.put(team_id, team)
         return team
 
-    def mark_ingested(self, team_id: int) -> None:
-        team = self._cache.get(team_id)
-        if team is not None:
-            team.ingested_event = True
-
 
 @dataclass(slots=True)
 class Organization:

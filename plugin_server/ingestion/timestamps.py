@@ -28,15 +28,30 @@ _STRICT_ISO = re.compile(_ISO.pattern.replace("{sep}", ""))
 _LENIENT_ISO = re.compile(_ISO.pattern.replace("{sep}", " "))
 
 
+_DAYS_IN_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (integer arithmetic, no datetime)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
 def _match_to_ms(m: re.Match[str]) -> int | None:
-    year, month, day, hour, minute, second, fraction, zone = m.groups()
-    try:
-        dt = datetime(
-            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=UTC
-        )
-    except ValueError:
+    year_text, month_text, day_text, hour, minute, second, fraction, zone = m.groups()
+    year, month, day = int(year_text), int(month_text), int(day_text)
+    if not 1 <= month <= 12 or not 1 <= day <= _DAYS_IN_MONTH[month]:
         return None
-    ms = (dt - EPOCH) // timedelta(milliseconds=1)
+    if month == 2 and day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
+        return None
+    h, mi, sec = int(hour or 0), int(minute or 0), int(second or 0)
+    if h > 23 or mi > 59 or sec > 59:
+        return None
+    ms = ((_days_from_civil(year, month, day) * 24 + h) * 60 + mi) * 60_000 + sec * 1000
     if fraction:
         ms += int((fraction + "00")[:3])
     if zone and zone not in ("Z", "z"):

@@ -15,7 +15,7 @@ import asyncio
 import collections
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
@@ -159,6 +159,7 @@ class CeleryConsumer:
         jobs: PluginJobQueue | None = None,
         batch_size: int = 500,
         heartbeat_ttl: float = 30.0,
+        on_events: Callable[[], None] | None = None,
     ) -> None:
         self._redis = redis
         self.keys = CeleryKeys(queue)
@@ -170,6 +171,7 @@ class CeleryConsumer:
         self._jobs = jobs
         self._batch_size = batch_size
         self._heartbeat_ttl = heartbeat_ttl
+        self._on_events = on_events  # told each time events were handed on (staleness watchdog)
         # A blocking wait must end before the client's read timeout would call it a failure.
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._block_seconds = min(BLOCK_SECONDS, socket_timeout / 2) if socket_timeout else BLOCK_SECONDS
@@ -321,6 +323,8 @@ class CeleryConsumer:
         if events:
             assert self._ingestor is not None
             outcomes = await self._ingestor.ingest(events)
+            if self._on_events is not None:
+                self._on_events()
             for outcome, count in collections.Counter(outcomes).items():
                 EVENTS.labels(outcome.value if isinstance(outcome, Outcome) else str(outcome)).inc(count)
         await self._acknowledge()

@@ -72,33 +72,70 @@ def _loads(data: bytes | str, what: str) -> Any:
             raise CeleryMessageError("not_json", f"{what} is not valid JSON: {exc}") from None
 
 
-def parse_celery_message(raw: bytes | str) -> CeleryTask:
-    """Decode one Redis list element into a task. Raises `CeleryMessageError`."""
+class _Headers(msgspec.Struct):
+    task: Any = None
+    id: Any = None
+
+
+class _Properties(msgspec.Struct):
+    body_encoding: Any = None
+
+
+class _Envelope(msgspec.Struct):
+    """The envelope keys this service reads; the rest (e.g. Celery's `argsrepr`) is skipped unread."""
+
+    body: Any = None
+    content_type: Any = msgspec.field(default=None, name="content-type")
+    content_encoding: Any = msgspec.field(default=None, name="content-encoding")
+    headers: _Headers | None = None
+    properties: _Properties | None = None
+
+
+_envelope_decode = msgspec.json.Decoder(_Envelope).decode
+
+
+def _read_envelope(raw: bytes | str) -> _Envelope:
+    try:
+        return _envelope_decode(raw)
+    except msgspec.DecodeError:
+        pass  # odd but possibly valid input: decode it loosely and say precisely what is wrong
     envelope = _loads(raw, "queue element")
     if not isinstance(envelope, dict):
         raise CeleryMessageError(
             "bad_envelope", f"queue element is a JSON {type(envelope).__name__}, not an object"
         )
-    if envelope.get("content-type") != "application/json":
+    headers, properties = envelope.get("headers"), envelope.get("properties")
+    return _Envelope(
+        body=envelope.get("body"),
+        content_type=envelope.get("content-type"),
+        content_encoding=envelope.get("content-encoding"),
+        headers=_Headers(headers.get("task"), headers.get("id")) if isinstance(headers, dict) else None,
+        properties=_Properties(properties.get("body_encoding")) if isinstance(properties, dict) else None,
+    )
+
+
+def parse_celery_message(raw: bytes | str) -> CeleryTask:
+    """Decode one Redis list element into a task. Raises `CeleryMessageError`."""
+    envelope = _read_envelope(raw)
+    if envelope.content_type != "application/json":
         raise CeleryMessageError(
-            "unsupported_content_type", f"unsupported content type {envelope.get('content-type')!r}"
+            "unsupported_content_type", f"unsupported content type {envelope.content_type!r}"
         )
-    properties = envelope.get("properties")
-    if not isinstance(properties, dict):
+    properties = envelope.properties
+    if properties is None:
         raise CeleryMessageError("bad_envelope", "queue element has no properties object")
-    if properties.get("body_encoding") != "base64":
+    if properties.body_encoding != "base64":
         raise CeleryMessageError(
-            "unsupported_body_encoding", f"unsupported body encoding {properties.get('body_encoding')!r}"
+            "unsupported_body_encoding", f"unsupported body encoding {properties.body_encoding!r}"
         )
-    if envelope.get("content-encoding") != "utf-8":
+    if envelope.content_encoding != "utf-8":
         raise CeleryMessageError(
-            "unsupported_content_encoding",
-            f"unsupported content encoding {envelope.get('content-encoding')!r}",
+            "unsupported_content_encoding", f"unsupported content encoding {envelope.content_encoding!r}"
         )
-    headers = envelope.get("headers")
-    if not isinstance(headers, dict):
+    headers = envelope.headers
+    if headers is None:
         raise CeleryMessageError("bad_envelope", "queue element has no headers object")
-    body_b64 = envelope.get("body")
+    body_b64 = envelope.body
     if not isinstance(body_b64, str):
         raise CeleryMessageError("bad_envelope", "queue element has no body string")
     try:
@@ -111,7 +148,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
         raise CeleryMessageError("bad_body", f"body is not UTF-8: {exc}") from None
     body = _loads(body_text, "body")
 
-    name = headers.get("task")
+    name = headers.task
     if name:  # protocol 2: the name is in the headers, the body is [args, kwargs, embed]
         if not isinstance(name, str):
             raise CeleryMessageError("bad_envelope", f"task header is not a string: {name!r}")
@@ -120,7 +157,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
                 "bad_body", "protocol 2 body is not an [args, kwargs, embed] array", task=name
             )
         args, kwargs = body[0], body[1]
-        task_id = headers.get("id")
+        task_id = headers.id
         protocol = 2
     else:  # protocol 1: everything is in the body object
         if not isinstance(body, dict):

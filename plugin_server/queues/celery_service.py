@@ -7,16 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from plugin_server.context import AppContext
+from plugin_server.ingestion.actions import ACTIONS
 from plugin_server.ingestion.api import NoPlugins
 from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.queues.celery import CeleryConsumer
+from plugin_server.services.jobs import EnqueuedJob, JobQueueManager
 from plugin_server.supervisor import Service
 
 # Names under which services publish shared objects in AppContext.extras.
 PLUGIN_RUNNER = "plugin_runner"
-JOB_QUEUE = "job_queue"
+JOB_QUEUES = "job_queues"
 INGESTOR = "ingestor"
 DEAD_LETTERS = "dead_letters"
 
@@ -34,7 +36,9 @@ class PostgresIngestion:
     async def start(self) -> None:
         ctx = self._ctx
         plugins = ctx.extras.get(PLUGIN_RUNNER) or NoPlugins()
-        ingestor = PostgresIngestor(ctx.postgres, ctx.settings, plugins, ctx.extras[DEAD_LETTERS])
+        ingestor = PostgresIngestor(
+            ctx.postgres, ctx.settings, plugins, ctx.extras[DEAD_LETTERS], actions=ctx.extras.get(ACTIONS)
+        )
         await ingestor.start()
         self._ingestor = ingestor
         ctx.extras[INGESTOR] = self
@@ -50,16 +54,16 @@ class PostgresIngestion:
 
 
 class PublishedJobQueue:
-    """The plugin job queue another service published, looked up when a job arrives."""
+    """The plugin job queues the host services published, looked up when a job arrives."""
 
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx
 
     async def enqueue(self, job: dict[str, Any]) -> None:
-        queue = self._ctx.extras.get(JOB_QUEUE)
-        if queue is None:
+        queues: JobQueueManager | None = self._ctx.extras.get(JOB_QUEUES)
+        if queues is None:
             raise RuntimeError("no plugin job queue is running")
-        await queue.enqueue(job)
+        await queues.enqueue(EnqueuedJob.from_json(job))
 
 
 def celery_services(ctx: AppContext) -> list[Service]:
@@ -81,6 +85,7 @@ def celery_services(ctx: AppContext) -> list[Service]:
             jobs=PublishedJobQueue(ctx),
             batch_size=settings.ingestion_batch_size,
             heartbeat_ttl=settings.celery_heartbeat_ttl_seconds,
+            on_events=lambda: ctx.activity.touch("ingestEvent"),
         )
     )
     return services

@@ -27,7 +27,8 @@ from prometheus_client import Counter, Histogram
 from plugin_server.config import Settings
 from plugin_server.ingestion.api import Ingestor
 from plugin_server.ingestion.js import js_string
-from plugin_server.ingestion.kafka_dead_letter import STAGE_INGESTION, KafkaDeadLetterQueue
+from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
+from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
@@ -318,7 +319,9 @@ class KafkaIngestionConsumer:
         assert failure is not None
         if isinstance(failure, TimeoutError):
             failure = TimeoutError(f"ingestion took longer than {self._batch_timeout:g} s")
-        await self._dead_letters.record(event.raw, str(failure), STAGE_INGESTION, event.team_id, event.event)
+        await self._dead_letters.record(
+            event.raw, str(failure), ERROR_LOCATION_INGEST, event.team_id, event.event
+        )
 
     def _rewind(self, batch: Mapping[Any, list[Any]]) -> None:
         consumer = self._consumer

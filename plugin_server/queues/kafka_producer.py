@@ -182,6 +182,10 @@ class BatchingProducer:
         if self._clock() - self.last_flush > self.flush_frequency_s or len(self.batch) >= self.max_queue_size:
             await self._send(self._cut())
 
+    async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """Queue one message (the interface plugin capture uses)."""
+        await self.queue(ProducerRecord(topic, [KafkaMessage(value, key)]))
+
     async def flush(self) -> None:
         """Send the batch, then wait until every message sent so far is acknowledged.
 

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from plugin_server.config import Settings
 from plugin_server.context import AppContext
+from plugin_server.ingestion.actions import ACTIONS, ActionCache
 from plugin_server.ingestion.api import EventPluginRunner, NoPlugins
 from plugin_server.ingestion.groups import GroupTypeStore
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
@@ -37,24 +38,40 @@ OVERSIZED = Counter(
 )
 
 
+class KafkaProducerService:
+    """The shared producer: connected before its users start, flushed after they stopped."""
+
+    name = "kafka-producer"
+
+    def __init__(self, producer: BatchingProducer) -> None:
+        self.producer = producer
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+
 class KafkaIngestion:
     name = "kafka-consumer"
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, producer: BatchingProducer) -> None:
         self._ctx = ctx
-        self._producer: BatchingProducer | None = None
+        self._producer = producer
         self._ingestor: PostgresIngestor | None = None
         self._consumer: KafkaIngestionConsumer | None = None
 
     async def start(self) -> None:
-        ctx, settings = self._ctx, self._ctx.settings
-        producer = BatchingProducer.from_settings(settings, ctx.instance_id)
-        await producer.start()
-        self._producer = producer
-        ctx.extras[KAFKA_PRODUCER] = producer
+        ctx, settings, producer = self._ctx, self._ctx.settings, self._producer
         dead_letters = KafkaDeadLetterQueue(producer)
         ingestor = kafka_mode_ingestor(
-            ctx.postgres, settings, ctx.extras.get(PLUGIN_RUNNER) or NoPlugins(), producer, dead_letters
+            ctx.postgres,
+            settings,
+            ctx.extras.get(PLUGIN_RUNNER) or NoPlugins(),
+            producer,
+            dead_letters,
+            actions=ctx.extras.get(ACTIONS),
         )
         await ingestor.start()
         self._ingestor = ingestor
@@ -73,13 +90,12 @@ class KafkaIngestion:
             await self._consumer.run()
 
     async def stop(self) -> None:
-        """Stop consuming (the batch in progress is finished and committed), then flush."""
+        """Stop consuming: the batch in progress is finished and committed (the producer is
+        flushed and disconnected later, by its own service)."""
         if self._consumer is not None:
             await self._consumer.stop()
         if self._ingestor is not None:
             await self._ingestor.stop()
-        if self._producer is not None:
-            await self._producer.stop()
 
     def ready(self) -> tuple[bool, str]:
         if self._consumer is None:
@@ -93,6 +109,8 @@ def kafka_mode_ingestor(
     plugins: EventPluginRunner,
     producer: BatchingProducer,
     dead_letters: KafkaDeadLetterQueue,
+    *,
+    actions: ActionCache | None = None,
 ) -> PostgresIngestor:
     """The ingestion pipeline writing for ClickHouse: events through the Kafka writer, the
     transaction's outbox produced after COMMIT, failures to the Kafka dead letter queue."""
@@ -111,10 +129,24 @@ def kafka_mode_ingestor(
         settings,
         plugins,
         dead_letters,
+        actions=actions,
         writer=KafkaEventWriter(GroupTypeStore(pool), producer.max_message_bytes),
         publish=publish,
     )
 
 
+def kafka_producer_services(ctx: AppContext) -> list[Service]:
+    """Kafka mode: the shared producer, published as extras[KAFKA_PRODUCER] when built, so the
+    services built after it (plugin capture, logs, ingestion) can take it."""
+    if not ctx.settings.kafka_enabled:
+        return []
+    producer = BatchingProducer.from_settings(ctx.settings, ctx.instance_id)
+    ctx.extras[KAFKA_PRODUCER] = producer
+    return [KafkaProducerService(producer)]
+
+
 def kafka_services(ctx: AppContext) -> list[Service]:
-    return [KafkaIngestion(ctx)] if ctx.settings.kafka_enabled else []
+    """Kafka mode: the topic consumer and its pipeline (after kafka_producer_services)."""
+    if not ctx.settings.kafka_enabled:
+        return []
+    return [KafkaIngestion(ctx, ctx.extras[KAFKA_PRODUCER])]

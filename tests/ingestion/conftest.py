@@ -13,22 +13,11 @@ import pytest
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.api import NoPlugins
+from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
 from plugin_server.ingestion.uuidt import uuidt
 from tests.factories import TEAM_ID, create_team, insert_row
-
-
-class RecordedDeadLetters:
-    """Keeps dead letters in memory so tests can read them."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    async def record(
-        self, raw: bytes | str, error: str, stage: str, team_id: int | None, event: PluginEvent | None
-    ) -> None:
-        self.records.append({"raw": raw, "error": error, "stage": stage, "team_id": team_id, "event": event})
 
 
 async def create_action_69(pg: asyncpg.Pool) -> None:
@@ -63,13 +52,20 @@ async def team(pg: asyncpg.Pool) -> int:
 
 
 @pytest.fixture
-def dead_letters() -> RecordedDeadLetters:
-    return RecordedDeadLetters()
+def dead_letters(pg: asyncpg.Pool) -> PostgresDeadLetterQueue:
+    return PostgresDeadLetterQueue(pg)
+
+
+async def dead_letter_rows(pg: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pg.fetch(
+        "SELECT stage, error, team_id, event, raw FROM plugin_server_dead_letter ORDER BY id"
+    )
+    return [dict(r) for r in rows]
 
 
 @pytest.fixture
 async def ingestor(
-    pg: asyncpg.Pool, settings: Settings, team: int, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, settings: Settings, team: int, dead_letters: PostgresDeadLetterQueue
 ) -> AsyncIterator[PostgresIngestor]:
     ingestor = PostgresIngestor(pg, settings, NoPlugins(), dead_letters)
     await ingestor.start()

@@ -94,7 +94,8 @@ async def test_4_3_066_team_cache(pg: asyncpg.Pool, team: int) -> None:
 
 async def test_4_3_067_definitions_keep_existing_rows(pg: asyncpg.Pool, team: int) -> None:
     await pg.execute(
-        "INSERT INTO posthog_eventdefinition (id, name, team_id, volume_30_day, query_usage_30_day) VALUES ($1, '$pageview', 2, 3, 2)",
+        "INSERT INTO posthog_eventdefinition (id, name, team_id, volume_30_day, query_usage_30_day) "
+        "VALUES ($1, '$pageview', 2, 3, 2)",
         uuidt(),
     )
     await pg.executemany(

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import EVENTS_FAILED, PostgresIngestor
 from plugin_server.ingestion.types import Outcome
 from tests.factories import TEAM_ID
 from tests.ingestion.conftest import (
-    RecordedDeadLetters,
+    dead_letter_rows,
     distinct_ids_of,
     events,
     ingest,
@@ -23,7 +24,10 @@ from tests.ingestion.conftest import (
 
 
 async def _one_bad_in_batch(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters, bad: dict[str, object]
+    pg: asyncpg.Pool,
+    ingestor: PostgresIngestor,
+    dead_letters: PostgresDeadLetterQueue,
+    bad: dict[str, object],
 ) -> str:
     """Ingest `bad` between two good events; both good ones are saved. Returns the reason."""
     first, last = make_event("good 1", "good"), make_event("good 2", "good")
@@ -33,8 +37,9 @@ async def _one_bad_in_batch(
         Outcome.INGESTED,
     ]
     assert [e["event"] for e in await events(pg)] == ["good 1", "good 2"]
-    (record,) = dead_letters.records
-    assert record["stage"] == "ingestion" and record["event"]["uuid"] == bad["uuid"]
+    (record,) = await dead_letter_rows(pg)
+    assert record["stage"] == "plugin_server_ingest_event" and record["team_id"] == bad["team_id"]
+    assert str(bad["uuid"]).encode() in record["raw"]
     return str(record["error"])
 
 
@@ -59,14 +64,14 @@ async def test_5_2_05_undefined_distinct_id_never_identifies(
 
 
 async def test_5_2_06_distinct_id_longer_than_200(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     error = await _one_bad_in_batch(pg, ingestor, dead_letters, make_event("e", "x" * 201))
     assert error == "distinct_id is longer than 200 characters"
 
 
 async def test_5_2_07_missing_event_name(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     assert await _one_bad_in_batch(pg, ingestor, dead_letters, make_event(None)) == "Event name is missing"
 
@@ -79,7 +84,7 @@ async def test_5_2_08_cuts_count_utf16_code_units(pg: asyncpg.Pool, ingestor: Po
 
 @pytest.mark.parametrize("properties", ["a string", [1, 2]])
 async def test_5_2_09_properties_not_an_object(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters, properties: object
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue, properties: object
 ) -> None:
     """Recommendation: error out (dead-letter) instead of storing."""
     bad = make_event("e")
@@ -98,7 +103,7 @@ async def test_5_2_09_null_properties_become_empty(pg: asyncpg.Pool, ingestor: P
 
 
 async def test_5_2_10_elements_edge_cases(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     await ingest(ingestor, make_event("kept", "el", {"$elements": []}, ip=None))
     (stored,) = await events(pg)
@@ -112,7 +117,7 @@ async def test_5_2_10_elements_edge_cases(
 
 
 async def test_5_2_10_element_value_out_of_range_spoils_only_its_event(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     """A database error on one event (here an nth_child beyond int4) is isolated: the batch is
     retried event by event and only that event is dead-lettered."""
@@ -136,7 +141,7 @@ async def test_5_2_10_element_value_out_of_range_spoils_only_its_event(
 async def test_5_2_11_13_invalid_times_are_dead_lettered(
     pg: asyncpg.Pool,
     ingestor: PostgresIngestor,
-    dead_letters: RecordedDeadLetters,
+    dead_letters: dead_letter_rows,
     fields: dict[str, object],
     reason: str,
 ) -> None:
@@ -182,7 +187,7 @@ async def test_5_2_12_person_created_at_is_sent_at(pg: asyncpg.Pool, ingestor: P
 
 
 async def test_5_2_14_snapshot_for_unknown_team(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     snapshot = make_event("$snapshot", "s", {"$session_id": "x", "$snapshot_data": {}}, team_id=404)
     error = await _one_bad_in_batch(pg, ingestor, dead_letters, snapshot)
@@ -200,7 +205,7 @@ async def test_5_2_14_snapshot_for_unknown_team(
 async def test_5_2_15_snapshot_without_session_or_data(
     pg: asyncpg.Pool,
     ingestor: PostgresIngestor,
-    dead_letters: RecordedDeadLetters,
+    dead_letters: dead_letter_rows,
     properties: dict[str, object],
     reason: str,
 ) -> None:
@@ -211,7 +216,7 @@ async def test_5_2_15_snapshot_without_session_or_data(
 
 
 async def test_5_2_16_oversized_event(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     """Recommendation: the encoded size is checked per event and oversized events are dead-lettered."""
     limit = ingestor._max_bytes
@@ -222,10 +227,11 @@ async def test_5_2_16_oversized_event(
 
 
 async def test_5_2_17_nul_characters(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     bad = make_event("nul", "n", {"text": "a\u0000b"})
-    assert await _one_bad_in_batch(pg, ingestor, dead_letters, bad) == "properties contains a NUL character"
+    error = await _one_bad_in_batch(pg, ingestor, dead_letters, bad)
+    assert error.startswith("properties contains a NUL character")
 
 
 async def test_5_2_20_create_alias_without_alias(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
@@ -291,3 +297,24 @@ async def test_2_1_dropped_events_and_plugin_view(pg: asyncpg.Pool, settings, de
     assert plugins.ingested[1]["properties"] == {"$elements": elements}
     assert [e["event"] for e in await events(pg)] == ["$autocapture"]
     await ingestor.stop()
+
+
+async def test_person_updates_in_one_batch_apply_in_order(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """Several `$set`s for one person (through two of its distinct ids) in one batch, with an
+    identify in between: the result equals ingesting them one at a time."""
+    await make_person(pg, ["a1", "a2"], {"n": 0})
+    batch = [
+        make_event("e", "a1", {"$set": {"n": 1, "from": "a1"}}),
+        make_event("e", "a2", {"$set": {"n": 2}, "$set_once": {"first": "a2", "from": "ignored"}}),
+        make_event("$identify", "a2", {"$anon_distinct_id": "b1", "$set": {"n": 3}}),
+        make_event("e", "b1", {"$set_once": {"n": 99, "b": True}}),
+        make_event("e", "new-one", {"$set": {"fresh": 1}}),
+    ]
+    assert await ingest(ingestor, *batch) == [Outcome.INGESTED] * 5
+    rows = await persons(pg)
+    assert [(await distinct_ids_of(pg, p["id"]), p["properties"]) for p in rows] == [
+        (["a1", "a2", "b1"], {"n": 3, "from": "a1", "first": "a2", "b": True}),
+        (["new-one"], {"fresh": 1}),
+    ]

@@ -268,7 +268,7 @@ async def test_4_2_061_rest_hook_gone_is_deleted(
 
 async def test_4_2_062_action_matches_saved(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
     await ingest(ingestor, make_event("xyz", "abc", {"foo": "bar"}), make_event("xyz", "abc", {"foo": "baz"}))
-    matched, unmatched = await events(pg)
+    matched, _unmatched = await events(pg)
     rows = await pg.fetch("SELECT action_id, event_id FROM posthog_action_events")
     assert [(r["action_id"], r["event_id"]) for r in rows] == [(69, matched["id"])]
 

@@ -24,7 +24,6 @@ from plugin_server.ingestion.persons import (
     add_distinct_id,
     create_person,
     fetch_person,
-    update_person_properties,
 )
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.ingestion.types import Outcome
@@ -225,10 +224,8 @@ async def test_4_2_56_to_58_person_writes_and_their_copies(pg: asyncpg.Pool, tea
                     distinct_ids=["distinct1", "distinct2"],
                 )
                 await add_distinct_id(conn, person, "anotherOne")
-                # unchanged $set: Postgres is not written, but Kafka mode still sends the state
-                await update_person_properties(conn, TEAM_ID, "distinct1", {"userProp": "propValue"}, {})
     topics = [r.topic for r in records]
-    assert topics == [km.TOPIC_PERSON] + [km.TOPIC_PERSON_UNIQUE_ID] * 3 + [km.TOPIC_PERSON]
+    assert topics == [km.TOPIC_PERSON] + [km.TOPIC_PERSON_UNIQUE_ID] * 3
     created = json.loads(records[0].messages[0].value)
     assert created == {
         "id": person_uuid,
@@ -250,7 +247,21 @@ async def test_4_2_56_to_58_person_writes_and_their_copies(pg: asyncpg.Pool, tea
         for row in rows
     ]
     assert [row["distinct_id"] for row in rows] == ["distinct1", "distinct2", "anotherOne"]
-    assert json.loads(records[4].messages[0].value) == created
+
+
+async def test_4_1_48_set_sends_the_person_state_even_when_unchanged(
+    pg: asyncpg.Pool, kafka_ingestor: PostgresIngestor, producer: BatchingProducer, tail: TopicTail
+) -> None:
+    """§2.8.4 step 5: in Kafka mode every `$set` event sends the person's state."""
+    person_id = await make_person(pg, ["distinct_id1"], {"a_prop": "test-1"})
+    same = make_event("some_event", "distinct_id1", {"$set": {"a_prop": "test-1"}})
+    changed = make_event("some_event", "distinct_id1", {"$set": {"b_prop": "test-2"}})
+    assert await ingest(kafka_ingestor, same, changed) == [Outcome.INGESTED, Outcome.INGESTED]
+    out = await produced(tail, producer)
+    states = [json.loads(m["properties"]) for m in values(out[km.TOPIC_PERSON])]
+    assert states == [{"a_prop": "test-1"}, {"a_prop": "test-1", "b_prop": "test-2"}]
+    properties = await pg.fetchval("SELECT properties FROM posthog_person WHERE id = $1", person_id)
+    assert properties == {"a_prop": "test-1", "b_prop": "test-2"}
 
 
 async def test_a_rolled_back_transaction_produces_nothing(

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.identify import merge_people
 from plugin_server.ingestion.persons import fetch_person
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.ingestion.types import Outcome
 from tests.factories import TEAM_ID, create_organization, create_team, create_user
 from tests.ingestion.conftest import (
-    RecordedDeadLetters,
+    dead_letter_rows,
     distinct_ids_of,
     events,
     ingest,
@@ -179,14 +180,14 @@ async def test_4_1_05_initial_current_url_without_campaign(
 
 
 async def test_4_1_06_unknown_team_is_dead_lettered(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     bad = make_event("$pageview", "x", team_id=1337)
     good = make_event("$pageview", "y")
     assert await ingest(ingestor, bad, good) == [Outcome.DEAD_LETTERED, Outcome.INGESTED]
-    (record,) = dead_letters.records
+    (record,) = await dead_letter_rows(pg)
     assert record["error"] == "No team found with ID 1337. Can't ingest event."
-    assert record["event"]["uuid"] == bad["uuid"]
+    assert record["event"]["uuid"] == bad["uuid"] and record["stage"] == "plugin_server_ingest_event"
     assert [e["distinct_id"] for e in await events(pg)] == ["y"]
 
 
@@ -640,13 +641,13 @@ async def test_4_1_44_to_46_event_names(
 
 
 async def test_4_1_47_bad_uuid(
-    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: RecordedDeadLetters
+    pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
     outcomes = await ingest(
         ingestor, make_event(uuid="this is not an uuid"), make_event(uuid=None), make_event("fine")
     )
     assert outcomes == [Outcome.DEAD_LETTERED, Outcome.DEAD_LETTERED, Outcome.INGESTED]
-    assert [r["error"] for r in dead_letters.records] == [
+    assert [r["error"] for r in await dead_letter_rows(pg)] == [
         'Not a valid UUID: "this is not an uuid"',
         'Not a valid UUID: "null"',
     ]

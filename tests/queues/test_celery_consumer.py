@@ -226,7 +226,7 @@ async def test_a_running_instance_recovers_a_batch_once_its_owner_heartbeat_expi
         await wait_until(lambda: ingestor.seqs == [1], within=5)
 
 
-async def test_graceful_stop_finishes_the_batch_in_flight_and_takes_no_more(
+async def test_10_6_fix_graceful_stop_stops_receiving_then_finishes_the_batch_in_flight(
     redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
 ) -> None:
     await push(redis, [event_message(i) for i in range(10)])
@@ -284,7 +284,7 @@ async def test_empty_queue_blocks_instead_of_polling_and_wakes_on_a_push(
             await asyncio.sleep(0.2)
 
 
-async def test_redis_errors_back_off_and_consumption_continues(
+async def test_10_6_fix_redis_errors_back_off_and_consumption_continues(
     redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
 ) -> None:
     ingestor = RecordingIngestor()
@@ -306,7 +306,7 @@ async def test_redis_errors_back_off_and_consumption_continues(
         await client.aclose()
 
 
-async def test_redis_down_is_reported_not_ready_and_the_loop_survives(
+async def test_10_6_fix_redis_down_is_reported_not_ready_and_the_loop_survives(
     pg: asyncpg.Pool, make_consumer: Callable[..., CeleryConsumer]
 ) -> None:
     client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)

@@ -4,6 +4,7 @@ posthog_event; a server killed with SIGKILL mid-batch loses none of them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from plugin_server.config import Settings
 from plugin_server.queues.celery import CeleryKeys
-from plugin_server.queues.celery_format import encode_celery_event
+from plugin_server.queues.celery_format import PLUGIN_JOB_TASK, encode_celery_event, encode_task_message
 from tests.conftest import REDIS_URL
 from tests.factories import create_team
 from tests.kafka_broker import free_port
@@ -78,6 +79,22 @@ async def test_events_from_the_celery_list_are_stored_and_bad_ones_dead_lettered
     dead = await pg.fetchrow("SELECT stage, raw FROM plugin_server_dead_letter")
     assert dead["stage"] == "celery_parse" and bytes(dead["raw"]) == b"not a celery message"
     assert await redis.llen(QUEUE) == 0
+
+
+async def test_4_7_116_plugin_job_task_lands_in_the_graphile_job_queue(
+    settings_factory: Callable[..., Settings], run_server: Any, redis: aioredis.Redis, pg: asyncpg.Pool
+) -> None:
+    await create_team(pg)
+    args = [2, 39, "someJobName", "start", {"a": 1}]
+    await push(redis, [encode_task_message(PLUGIN_JOB_TASK, args, {}, queue=QUEUE).encode()])
+    async with run_server(settings_factory()):
+        await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM graphile_worker.jobs"), within=20)
+    row = await pg.fetchrow("SELECT task_identifier, payload FROM graphile_worker.jobs")
+    payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
+    assert row["task_identifier"] == "pluginJob"
+    assert payload["type"] == "someJobName" and payload["pluginConfigId"] == 39
+    assert payload["pluginConfigTeam"] == 2 and payload["payload"] == {"a": 1, "$operation": "start"}
+    assert await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter") == 0
 
 
 async def test_sigkill_mid_batch_loses_no_event(pg_dsn: str, redis: aioredis.Redis, pg: asyncpg.Pool) -> None:

@@ -1,0 +1,166 @@
+"""The JS runtime behind the plugin runtime seam (plugin_server/plugins/runtime.py): the same
+lifecycle, host services and error handling as Python plugins, with the VM of vm.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from plugin_server.logs import get_logger
+from plugin_server.plugins.capabilities import METHOD_NAMES, js_task_name
+from plugin_server.plugins.host_services import HostServices
+from plugin_server.plugins.js.host import NO_GEOIP, http_fetch
+from plugin_server.plugins.js.isolate import JSError
+from plugin_server.plugins.js.transpile import Transpiler
+from plugin_server.plugins.js.vm import Attachment, CallFailed, JSPluginVM, PluginLoadError, VMBroken, VMSpec
+from plugin_server.plugins.pool import CallOutcome
+from plugin_server.plugins.runtime import RuntimeSpec
+
+log = get_logger(__name__)
+JS_METHOD_OF = dict(METHOD_NAMES)
+PY_METHOD_OF = {js: py for py, js in METHOD_NAMES.items()}
+# Host calls whose service name differs from the JS op name.
+SERVICE_NAMES = {"storage.del": "storage.delete"}
+UNAVAILABLE = {
+    "geoip.locate": NO_GEOIP,
+    "jobs.enqueue": "No JobQueue available",
+    "posthog.capture": "posthog.capture is not available in this PostHog instance!",
+    "posthog.api": "posthog.api is not available in this PostHog instance!",
+}
+
+
+class ServicesHost:
+    """A `JSHost` that answers through the shared HostServices, so JS and Python plugins reach the
+    same cache, storage, logs, metrics, jobs, capture and geoip."""
+
+    def __init__(self, spec: RuntimeSpec, services: HostServices) -> None:
+        self.context = spec.context
+        self.services = services
+        self.http: aiohttp.ClientSession | None = None
+
+    async def call(self, op: str, args: list[Any]) -> Any:
+        name = SERVICE_NAMES.get(op, op)
+        if op == "fetch" and not self.services.has("fetch"):
+            if self.http is None:
+                self.http = aiohttp.ClientSession()
+            return await http_fetch(self.http, args[0], args[1])
+        if not self.services.has(name):
+            raise JSError("Error", UNAVAILABLE.get(op, f"{op} is not available in this PostHog instance!"))
+        value = await self.services.call(self.context, name, args)
+        if op == "storage.get":  # the service answers (found, text)
+            found, text = value
+            return text if found else None
+        return value
+
+    def notify(self, op: str, args: list[Any]) -> None:
+        if op == "metric":
+            asyncio.get_running_loop().create_task(self.services.call(self.context, "metrics.update", args))
+        elif op == "unhandledRejection" and self.services.has("errors.record"):
+            asyncio.get_running_loop().create_task(self.services.call(self.context, "errors.record", args))
+        else:
+            log.warning(
+                "unhandled promise rejection in plugin",
+                plugin_config_id=self.context.plugin_config_id,
+                error=args[0] if args else None,
+            )
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
+class JSRuntime:
+    """`PluginRuntime` for JS/TS plugin configs: one V8 isolate each."""
+
+    def __init__(
+        self, spec: RuntimeSpec, services: HostServices, transpiler: Transpiler, memory_limit_mb: int = 128
+    ) -> None:
+        self.spec = spec
+        self.host = ServicesHost(spec, services)
+        self.transpiler = transpiler
+        self.memory_limit_mb = memory_limit_mb
+        self.vm: JSPluginVM | None = None
+
+    async def load(self) -> CallOutcome:
+        config = self.spec.config
+        vm_spec = VMSpec(
+            source=self.spec.source.text,
+            config=dict(config.config),
+            attachments={
+                k: Attachment(a.content_type, a.file_name, a.contents) for k, a in config.attachments.items()
+            },
+            task_timeout=self.spec.task_timeout,
+            memory_limit_mb=self.memory_limit_mb,
+        )
+        try:
+            self.vm = await JSPluginVM.create(vm_spec, self.host, self.transpiler)
+            if self.vm.has_method("setupPlugin"):
+                await self.vm.call_method("setupPlugin")
+        except (PluginLoadError, CallFailed) as exc:
+            return _failure(exc.error)
+        except VMBroken as exc:
+            return _failure(JSError("MemoryError", str(exc)))
+        exports = self.vm.exports
+        return CallOutcome(
+            True,
+            {
+                "methods": [PY_METHOD_OF[m] for m in exports.methods],
+                "run_every": [_python_name(n) for n in exports.schedule],
+                "jobs": list(exports.jobs),
+                "metrics": dict(exports.metrics),
+            },
+        )
+
+    async def call(self, method: str, batch: Sequence[list[Any]], time_limit: float) -> list[CallOutcome]:
+        return list(await asyncio.gather(*(self._call_one(method, args) for args in batch)))
+
+    async def _call_one(self, method: str, args: list[Any]) -> CallOutcome:
+        vm = self.vm
+        if vm is None:
+            return CallOutcome.failure("Error", "plugin not loaded")
+        try:
+            if method in JS_METHOD_OF:
+                value = await vm.call_method(JS_METHOD_OF[method], *args)
+            elif method.startswith("job:"):
+                value = await vm.run_job(method[4:], args[0] if args else None)
+            elif method.startswith("run_every"):
+                value = await vm.run_task(js_task_name(method))
+            else:
+                return CallOutcome.failure("TypeError", f"{method} is not a function")
+        except CallFailed as exc:
+            outcome = _failure(exc.error)
+            outcome.mutated_input = exc.input
+            return outcome
+        except VMBroken as exc:
+            return _failure(JSError("MemoryError", str(exc)))
+        return CallOutcome(True, value)
+
+    async def teardown(self, time_limit: float) -> CallOutcome:
+        if self.vm is None or not self.vm.has_method("teardownPlugin"):
+            return CallOutcome(True)
+        [outcome] = await self.call("teardown_plugin", [[]], time_limit)
+        return outcome
+
+    async def close(self) -> None:
+        if self.vm is not None:
+            await self.vm.close()
+        await self.host.close()
+
+
+def _failure(error: JSError) -> CallOutcome:
+    data: dict[str, Any] = {
+        "name": error.name,
+        "message": error.message,
+        "stack": error.stack,
+        "retry": error.name == "RetryError",
+    }
+    if error.caller is not None:
+        data["caller"] = error.caller
+    return CallOutcome(False, None, data)
+
+
+def _python_name(js_name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in js_name)

@@ -1,0 +1,272 @@
+"""What plugin code may not do inside a sandbox: an import allowlist and an audit hook.
+
+The hook is installed once per sub-interpreter after the sandbox runtime has set itself up, and
+stays for the interpreter's life (audit hooks cannot be removed). It refuses processes, sockets,
+ctypes, new interpreters, new threads, signals and any file access other than reading the
+standard library and the plugin's own directory. It is a hardening layer, not a security
+boundary: see notes/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ALLOWED_IMPORTS = frozenset(
+    {
+        "posthog_plugin",
+        "asyncio",
+        "base64",
+        "binascii",
+        "bisect",
+        "calendar",
+        "collections",
+        "copy",
+        "csv",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "enum",
+        "fractions",
+        "functools",
+        "gzip",
+        "hashlib",
+        "heapq",
+        "hmac",
+        "html",
+        "io",
+        "ipaddress",
+        "itertools",
+        "json",
+        "math",
+        "operator",
+        "random",
+        "re",
+        "statistics",
+        "string",
+        "struct",
+        "textwrap",
+        "time",
+        "typing",
+        "unicodedata",
+        "urllib",
+        "urllib.parse",
+        "uuid",
+        "zlib",
+        "zoneinfo",
+        "__future__",
+    }
+)
+
+# Modules whose loading the hook refuses, whoever asks (plugin code can reach the import
+# machinery through stdlib internals such as `typing.sys.modules`, so the allowlist alone
+# is not enough).
+FORBIDDEN_MODULES = frozenset(
+    {
+        "ctypes",
+        "_ctypes",
+        "subprocess",
+        "_posixsubprocess",
+        "socket",
+        "_socket",
+        "ssl",
+        "_ssl",
+        "mmap",
+        "multiprocessing",
+        "_multiprocessing",
+        "_interpreters",
+        "_xxsubinterpreters",
+        "_interpqueues",
+        "_xxinterpqueues",
+        "_interpchannels",
+        "_xxinterpchannels",
+        "concurrent",
+        "pty",
+        "fcntl",
+        "termios",
+        "resource",
+        "signal",
+        "_signal",
+        "shutil",
+        "tempfile",
+        "webbrowser",
+        "http",
+        "urllib.request",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "selectors",
+    }
+)
+
+# Audit events refused outright (https://docs.python.org/3/library/audit_events.html).
+FORBIDDEN_EVENTS = frozenset(
+    {
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "os.kill",
+        "os.killpg",
+        "os.startfile",
+        "os.putenv",
+        "os.unsetenv",
+        "os.chdir",
+        "os.chmod",
+        "os.chown",
+        "os.chflags",
+        "os.link",
+        "os.symlink",
+        "os.mkdir",
+        "os.remove",
+        "os.rename",
+        "os.rmdir",
+        "os.truncate",
+        "os.utime",
+        "os.listxattr",
+        "os.setxattr",
+        "os.removexattr",
+        "os.add_dll_directory",
+        "os.walk",
+        "glob.glob",
+        "glob.glob/2",
+        "subprocess.Popen",
+        "pty.spawn",
+        "shutil.copyfile",
+        "shutil.rmtree",
+        "socket.__new__",
+        "socket.bind",
+        "socket.connect",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.sendto",
+        "socket.sendmsg",
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.dlsym/handle",
+        "ctypes.cdata",
+        "ctypes.cdata/buffer",
+        "ctypes.call_function",
+        "ctypes.addressof",
+        "ctypes.PyObj_FromPtr",
+        "ctypes.string_at",
+        "ctypes.wstring_at",
+        "ctypes.create_string_buffer",
+        "ctypes.memmove",
+        "ctypes.memset",
+        "mmap.__new__",
+        "_thread.start_new_thread",
+        "cpython.PyInterpreterState_New",
+        "cpython.run_command",
+        "cpython.run_file",
+        "cpython.run_module",
+        "cpython.remote_debugger_script",
+        "signal.pthread_kill",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "gc.get_objects",
+        "sys.setprofile",
+        "sys.settrace",
+        "sys._current_frames",
+        "sys._current_exceptions",
+        "code.__new__",
+        "function.__new__",
+        "pickle.find_class",
+        "webbrowser.open",
+        "urllib.Request",
+        "http.client.connect",
+        "syslog.openlog",
+        "sqlite3.connect",
+        "winreg.OpenKey",
+    }
+)
+
+
+def forbidden_import_message(name: str) -> str:
+    return f"Cannot import '{name}'! This package is not provided by PostHog in plugins."
+
+
+def _is_within(path: str, roots: Iterable[str]) -> bool:
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]], None]:
+    """Refuse dangerous events; allow reading files only below `readable_roots`.
+
+    `readable_roots` is a list the caller may extend later (a local plugin's directory)."""
+    realpath = os.path.realpath
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if event in FORBIDDEN_EVENTS:
+            raise PermissionError(f"Plugins may not use {event}")
+        if event == "open":
+            path, mode = args[0], args[1]
+            if isinstance(path, int):
+                return  # an already-open descriptor (the sandbox's own socket or statm)
+            writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+                isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+            )
+            if writing or not _is_within(realpath(os.fsdecode(path)), readable_roots):
+                raise PermissionError(f"Plugins may not open {os.fsdecode(path)!r}")
+        elif event in ("os.listdir", "os.scandir"):
+            path = args[0]
+            if isinstance(path, int):
+                raise PermissionError(f"Plugins may not use {event}")
+            if not _is_within(realpath(os.fsdecode(path if path is not None else ".")), readable_roots):
+                raise PermissionError(f"Plugins may not list {os.fsdecode(path or '.')!r}")
+        elif event == "import":
+            name = args[0]
+            if name in FORBIDDEN_MODULES or name.split(".", 1)[0] in FORBIDDEN_MODULES:
+                raise ImportError(forbidden_import_message(name))
+
+    return audit
+
+
+def stdlib_roots() -> list[str]:
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
+    return sorted(roots)
+
+
+def install(readable_roots: list[str]) -> None:
+    sys.dont_write_bytecode = True
+    sys.addaudithook(make_audit_hook(readable_roots))
+
+
+def guarded_builtins(
+    print_fn: Callable[..., None], extra_imports: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The builtins plugin modules see: `__import__` limited to the allowlist, `print` to the log,
+    no `input`; `open`, `exec`, `eval` stay but run under the audit hook."""
+    allowed = ALLOWED_IMPORTS | extra_imports
+    real_import = builtins.__import__
+
+    def guarded_import(
+        name: str,
+        globals: dict[str, Any] | None = None,
+        locals: dict[str, Any] | None = None,
+        fromlist: tuple[str, ...] = (),
+        level: int = 0,
+    ) -> Any:
+        if level != 0:
+            raise ImportError(forbidden_import_message("." * level + name))
+        if name not in allowed and name.split(".", 1)[0] not in allowed:
+            raise ImportError(forbidden_import_message(name))
+        if name.startswith("urllib") and name not in allowed:
+            raise ImportError(forbidden_import_message(name))
+        return real_import(name, globals, locals, fromlist, level)
+
+    namespace = dict(vars(builtins))
+    namespace["__import__"] = guarded_import
+    namespace["print"] = print_fn
+    for name in ("input", "breakpoint", "help", "exit", "quit", "copyright", "credits", "license"):
+        namespace.pop(name, None)
+    return namespace

@@ -1,0 +1,328 @@
+"""The loop inside one sub-interpreter: receives loads and call batches, runs plugin code, and
+forwards plugin I/O to the host as requests. Started by `main(fd, options_json)`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextvars
+import inspect
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+import types
+from typing import Any
+
+from sandbox import guard, meta, protocol
+from sandbox.plugin_module import PluginModule, collect_exports, compile_plugin
+from sandbox.watchdog import Watchdog, plural_seconds
+
+BEAT_SECONDS = 0.5
+_SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+
+
+class HostError(Exception):
+    """An error a host service returned; `name` is the host-side exception class name."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+_current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_key", default=None)
+
+
+class LoadedPlugin:
+    def __init__(self, key: str, module: PluginModule, plugin_meta: meta.Meta) -> None:
+        self.key = key
+        self.module = module
+        self.meta = plugin_meta
+
+
+class Guest:
+    def __init__(self, fd: int, options: dict[str, Any]) -> None:
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
+        limit = int(options.get("memory_limit_mb", 512)) * 1024 * 1024
+        self.watchdog = Watchdog(limit, [_SANDBOX_DIR, _ASYNCIO_DIR])
+        self.semaphore = asyncio.Semaphore(int(options.get("tasks_per_worker", 10)))
+        self.plugins: dict[str, asyncio.Future[LoadedPlugin]] = {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.next_rpc = 0
+        self.busy = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.readable_roots = guard.stdlib_roots()
+        self.writer: asyncio.StreamWriter | None = None
+        self.beat_handle: asyncio.TimerHandle | None = None
+        self._install_sdk()
+
+    # ---------------------------------------------------------------- plumbing
+    def run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.serve())
+        finally:
+            self.watchdog.stop()
+            self.loop.close()
+
+    async def serve(self) -> None:
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        guard.install(self.readable_roots)
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER.size)
+                (length,) = protocol.HEADER.unpack(header)
+                message = protocol.decode(await reader.readexactly(length))
+                if message[0] == "close":
+                    break
+                self.dispatch(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        for task in list(self.tasks):
+            task.cancel()
+        self.writer.close()
+
+    def send(self, message: list[Any]) -> None:
+        assert self.writer is not None
+        if not self.writer.is_closing():
+            self.writer.write(protocol.encode(message))
+
+    def dispatch(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "reply":
+            _, rpc_id, ok, value = message
+            future = self.pending.pop(rpc_id, None)
+            if future is not None and not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(_host_exception(value))
+        elif kind == "load":
+            self.spawn(self.load(*message[1:]))
+        elif kind == "call":
+            self.spawn(self.call(*message[1:]))
+        elif kind == "unload":
+            self.plugins.pop(message[1], None)
+
+    def spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        self.busy += 1
+        self._schedule_beat()
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            self.tasks.discard(t)
+            self.busy -= 1
+
+        task.add_done_callback(finished)
+
+    def _schedule_beat(self) -> None:
+        if self.beat_handle is None:
+            self.beat_handle = self.loop.call_later(BEAT_SECONDS, self._beat)
+
+    def _beat(self) -> None:
+        self.beat_handle = None
+        if self.busy:
+            self.send(["beat"])
+            self._schedule_beat()
+
+    def request(self, key: str, name: str, args: list[Any]) -> asyncio.Future[Any]:
+        self.next_rpc += 1
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.pending[self.next_rpc] = future
+        self.send(["rpc", self.next_rpc, key, name, args])
+        return future
+
+    def notify(self, key: str, name: str, args: list[Any]) -> None:
+        self.send(["notify", key, name, args])
+
+    def _install_sdk(self) -> None:
+        sdk = types.ModuleType("posthog_plugin")
+        sdk.RetryError = meta.RetryError  # type: ignore[attr-defined]
+        sdk.IllegalOperationError = meta.IllegalOperationError  # type: ignore[attr-defined]
+        sdk.console = meta.Console(self._notify_current)  # type: ignore[attr-defined]
+        sys.modules["posthog_plugin"] = sdk
+
+    def _notify_current(self, name: str, args: list[Any]) -> None:
+        key = _current_key.get()
+        if key is not None:
+            self.notify(key, name, args)
+
+    def _print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
+        self._notify_current("console", ["LOG", (sep if sep is not None else " ").join(str(a) for a in args)])
+
+    # ---------------------------------------------------------------- loading
+    async def load(self, req_id: int, key: str, spec: dict[str, Any], source: str) -> None:
+        future: asyncio.Future[LoadedPlugin] = self.loop.create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
+        self.plugins[key] = future
+        token = _current_key.set(key)
+        try:
+            plugin_dir = spec.get("plugin_dir")
+            if plugin_dir:
+                self.readable_roots.append(plugin_dir)  # the host sends it as an absolute real path
+            time_limit = float(spec.get("timeout", 30))
+            builtins_ns = guard.guarded_builtins(self._print)
+            filename = spec.get("filename") or f"<plugin {spec['plugin_config_id']}>"
+            record, wd_token = self.watchdog.begin(time_limit)
+            try:
+                namespace = compile_plugin(source, filename, builtins_ns, f"plugin_{key.replace(':', '_')}")
+            finally:
+                self.watchdog.end(record, wd_token)
+            module = collect_exports(namespace)
+            plugin_meta = meta.Meta(
+                spec,
+                module.metrics,
+                lambda name, args: self.request(key, name, args),
+                lambda name, args: self.notify(key, name, args),
+            )
+            loaded = LoadedPlugin(key, module, plugin_meta)
+            setup = module.functions.get("setup_plugin")
+            if setup is not None:
+                await self.invoke(setup, [plugin_meta], time_limit)
+            future.set_result(loaded)
+            self.send(["result", req_id, [[True, module.exports(), None, None]]])
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            self.send(["result", req_id, [[False, None, _error(exc), None]]])
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+        finally:
+            _current_key.reset(token)
+
+    # ---------------------------------------------------------------- calls
+    async def call(
+        self, req_id: int, key: str, method: str, batch: list[list[Any]], time_limit: float
+    ) -> None:
+        token = _current_key.set(key)
+        try:
+            future = self.plugins.get(key)
+            if future is None:
+                raise LookupError(f"Plugin config {key} is not loaded in this sandbox")
+            loaded = await future
+            fn = _lookup(loaded, method)
+        except BaseException as exc:
+            error = _error(exc)
+            self.send(["result", req_id, [[False, None, error, None] for _ in batch]])
+            _current_key.reset(token)
+            return
+        try:
+            results: list[list[Any]] = []
+            if inspect.iscoroutinefunction(fn):
+                tasks = [
+                    self.loop.create_task(self.invoke_one(fn, args, loaded, method, time_limit))
+                    for args in batch
+                ]
+                results = list(await asyncio.gather(*tasks))
+            else:
+                stop_error: dict[str, Any] | None = None
+                for args in batch:
+                    if stop_error is not None:
+                        results.append([False, None, stop_error, None])
+                        continue
+                    outcome = await self.invoke_one(fn, args, loaded, method, time_limit)
+                    if not outcome[0] and outcome[2]["name"] in ("TimeoutError", "MemoryError"):
+                        stop_error = dict(outcome[2])
+                        stop_error["message"] += " (later calls of this batch were skipped)"
+                    results.append(outcome)
+            self.send(["result", req_id, results])
+        finally:
+            _current_key.reset(token)
+
+    async def invoke_one(
+        self, fn: Any, args: list[Any], loaded: LoadedPlugin, method: str, time_limit: float
+    ) -> list[Any]:
+        try:
+            result = await self.invoke(fn, [*args, loaded.meta], time_limit)
+            return [True, _check_result(method, result), None, None]
+        except Exception as exc:
+            # a call stopped by the watchdog keeps nothing of what it did to the event
+            stopped = isinstance(exc, TimeoutError | MemoryError)
+            mutated = _json_or_none(args[0]) if method == "process_event" and args and not stopped else None
+            return [False, None, _error(exc), mutated]
+
+    async def invoke(self, fn: Any, args: list[Any], time_limit: float) -> Any:
+        """Run one plugin function under the concurrency limit, the deadline and the memory ceiling."""
+        async with self.semaphore:
+            record, token = self.watchdog.begin(time_limit)
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    remaining = max(record.deadline - time.monotonic(), 0.001)
+                    try:
+                        async with asyncio.timeout(remaining):
+                            result = await result
+                    except TimeoutError as exc:
+                        if str(exc):
+                            raise
+                        waited = plural_seconds(time_limit)
+                        raise TimeoutError(
+                            f"Script execution timed out after promise waited for {waited}"
+                        ) from None
+                return result
+            finally:
+                self.watchdog.end(record, token)
+
+
+def _lookup(loaded: LoadedPlugin, method: str) -> Any:
+    if method.startswith("job:"):
+        name = method[4:]
+        if name not in loaded.module.jobs:
+            raise LookupError(f'Job "{name}" not found')
+        return loaded.module.jobs[name]
+    fn = loaded.module.functions.get(method)
+    if fn is None:
+        raise LookupError(f'Method "{method}" not found')
+    return fn
+
+
+def _check_result(method: str, result: Any) -> Any:
+    if method == "process_event":
+        if result is not None and not isinstance(result, dict):
+            raise TypeError(f"process_event must return a dict or None, not {type(result).__name__}")
+        if result is not None:
+            json.dumps(result, allow_nan=False)  # raises TypeError/ValueError for non-JSON values
+        return result
+    try:
+        json.dumps(result, allow_nan=False)
+        return result
+    except (TypeError, ValueError):
+        return repr(result)
+
+
+def _json_or_none(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return None
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    try:
+        stack = "".join(traceback.format_exception(exc))
+    except Exception:
+        stack = ""
+    return protocol.error_payload(exc, stack)
+
+
+def _host_exception(error: dict[str, Any]) -> BaseException:
+    cls = getattr(builtins, str(error.get("name")), None)
+    message = str(error.get("message", ""))
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:
+            pass
+    return HostError(str(error.get("name")), message)
+
+
+def main(fd: int, options_json: str) -> None:
+    Guest(fd, json.loads(options_json)).run()

@@ -1,0 +1,133 @@
+"""Stops plugin calls that run past their deadline or grow memory past the sandbox's ceiling.
+
+A thread in the sub-interpreter checks active calls every few milliseconds. When one is overdue
+(or the process grew by more than the ceiling since it started), it switches on sys.monitoring
+events for this interpreter; the callback, running on the sandbox's loop thread, raises
+TimeoutError / MemoryError inside the offending call. Events are off whenever nothing is overdue,
+so normal calls pay nothing. Code blocked inside C (time.sleep, a huge regex) cannot be
+interrupted from here: the host replaces such a sandbox (see plugin_server/plugins/pool.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+TOOL_ID = 4  # ids 0-2 and 5 are conventionally taken by debuggers, coverage, profilers, optimizers
+_EVENTS = sys.monitoring.events
+TRIP_EVENTS = _EVENTS.LINE | _EVENTS.JUMP | _EVENTS.PY_START | _EVENTS.PY_RETURN | _EVENTS.CALL
+
+
+def plural_seconds(seconds: float) -> str:
+    shown = f"{seconds:g}"
+    return f"{shown} second" if seconds == 1 else f"{shown} seconds"
+
+
+@dataclass(slots=True, eq=False)
+class CallRecord:
+    timeout: float
+    deadline: float
+    rss_base: int
+    timed_out: bool = False
+    over_memory: bool = False
+    done: bool = field(default=False)
+
+
+current_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("current_call", default=None)
+
+
+class Watchdog:
+    def __init__(self, memory_limit_bytes: int, exempt_dirs: Iterable[str], tick: float = 0.01) -> None:
+        self.memory_limit = memory_limit_bytes
+        self.tick = tick
+        self.active: set[CallRecord] = set()
+        self.loop_thread = threading.get_ident()
+        self._exempt = tuple(os.path.realpath(d) + os.sep for d in exempt_dirs)
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.last_rss = self.sample_rss()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._events_on = False
+        sys.monitoring.use_tool_id(TOOL_ID, "plugin-sandbox-watchdog")
+        for event in (_EVENTS.LINE, _EVENTS.JUMP, _EVENTS.PY_START, _EVENTS.PY_RETURN, _EVENTS.CALL):
+            sys.monitoring.register_callback(TOOL_ID, event, self._on_event)
+        self._thread = threading.Thread(target=self._run, name="sandbox-watchdog")
+        self._thread.start()
+
+    def sample_rss(self) -> int:
+        fields = os.pread(self._statm, 128, 0).split()
+        return int(fields[1]) * self._page
+
+    # -- loop thread side
+    def begin(self, timeout: float) -> tuple[CallRecord, contextvars.Token[CallRecord | None]]:
+        record = CallRecord(timeout=timeout, deadline=time.monotonic() + timeout, rss_base=self.last_rss)
+        was_idle = not self.active
+        self.active.add(record)
+        if was_idle:
+            self._wake.set()
+        return record, current_call.set(record)
+
+    def end(self, record: CallRecord, token: contextvars.Token[CallRecord | None]) -> None:
+        record.done = True
+        self.active.discard(record)
+        current_call.reset(token)
+        if self._events_on and not any(r.timed_out or r.over_memory for r in self.active):
+            self._events_on = False
+            sys.monitoring.set_events(TOOL_ID, 0)
+
+    def _on_event(self, code: Any, *args: Any) -> Any:
+        if threading.get_ident() != self.loop_thread:
+            return None
+        record = current_call.get()
+        if record is None or record.done or code.co_filename.startswith(self._exempt):
+            return None
+        if record.timed_out:
+            raise TimeoutError(
+                f"Script execution timed out after looping for {plural_seconds(record.timeout)}"
+            )
+        if record.over_memory:
+            grown = self.sample_rss() - record.rss_base
+            if grown > self.memory_limit:
+                raise MemoryError(
+                    f"Plugin exceeded the sandbox memory limit of {self.memory_limit // (1024 * 1024)} MB"
+                )
+            record.over_memory = False
+        return None
+
+    # -- watchdog thread side
+    def _run(self) -> None:
+        while not self._stopped:
+            if not self.active:
+                self._wake.wait()
+                self._wake.clear()
+                self.last_rss = self.sample_rss()
+                continue
+            time.sleep(self.tick)
+            rss = self.last_rss = self.sample_rss()
+            now = time.monotonic()
+            trip = False
+            for record in list(self.active):
+                if not record.timed_out and now > record.deadline:
+                    record.timed_out = True
+                    trip = True
+                if not record.over_memory and rss - record.rss_base > self.memory_limit:
+                    record.over_memory = True
+                    trip = True
+            if trip and not self._events_on:
+                self._events_on = True
+                sys.monitoring.set_events(TOOL_ID, TRIP_EVENTS)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join()
+        sys.monitoring.set_events(TOOL_ID, 0)
+        sys.monitoring.free_tool_id(TOOL_ID)
+        os.close(self._statm)
