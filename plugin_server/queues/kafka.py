@@ -183,8 +183,12 @@ class KafkaIngestionConsumer:
         self._stopping = asyncio.Event()
         self._joined = False
         self._generation = 0  # bumped when partitions are revoked: older fetches are stale
+        # The last ingested batch, while its output is confirmed and its offsets committed.
+        self._pending: tuple[asyncio.Task[bool], Mapping[Any, list[Any]]] | None = None
+        self._failed_batch: Mapping[Any, list[Any]] = {}
         self._backoff = 0
         self.events_seen = 0
+        self.messages_committed = 0  # input messages whose offsets are committed
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -208,7 +212,7 @@ class KafkaIngestionConsumer:
         """Finish the batch in progress (committing it), then leave the group."""
         self._stopping.set()
         async with self._batch_lock:
-            pass
+            await self._settle_previous()
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
@@ -235,6 +239,10 @@ class KafkaIngestionConsumer:
                 return
             if fetched and not self._stopping.is_set():
                 await self._handle(fetched, generation)
+            elif self._pending is not None and self._pending[0].done():
+                # Idle: settle the last batch now, so one whose output failed is read again.
+                async with self._batch_lock:
+                    await self._settle_previous()
 
     # ------------------------------------------------------------------ batches
     async def _handle(self, fetched: Mapping[Any, Sequence[Any]], generation: int) -> None:
@@ -256,26 +264,61 @@ class KafkaIngestionConsumer:
             with BATCH_SECONDS.time():
                 try:
                     await self._ingest_batch(batch)
-                    await self._producer.flush()
+                    await self._producer.send_batched()
                 except Exception as exc:
                     # Infrastructure: read the same messages again after a pause.
-                    BATCHES.labels("retried").inc()
-                    self._backoff += 1
-                    delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (self._backoff - 1))
-                    log.error(
-                        "Kafka batch failed; it will be read again",
-                        error=repr(exc),
-                        retry_in_s=delay,
-                        exc_info=exc,
-                    )
                     self._rewind(batch)
-                    await self._sleep(delay)
+                    await self._settle_previous()
+                    await self._back_off("Kafka batch failed; it will be read again", exc)
                     return
-                self._backoff = 0
-                await self._commit(batch)
-                BATCHES.labels("committed").inc()
-                if self._on_batch is not None:
-                    self._on_batch()
+                # While the broker acknowledges this batch's output and its offsets are
+                # committed, the next batch is already being ingested; it is committed only
+                # after this one.
+                if not await self._settle_previous():
+                    self._rewind(batch)
+                    self._rewind(self._failed_batch)  # earlier offsets win on shared partitions
+                    return
+                self._pending = (asyncio.create_task(self._confirm_and_commit(batch)), batch)
+
+    async def _settle_previous(self) -> bool:
+        """Wait for the previous batch's confirmation; False (and it is rewound) if its output
+        was not acknowledged."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return True
+        task, batch = pending
+        try:
+            confirmed = await task
+        except Exception as exc:
+            log.error("Kafka batch confirmation failed", error=repr(exc), exc_info=exc)
+            confirmed = False
+        if confirmed:
+            self._backoff = 0
+            return True
+        self._failed_batch = batch
+        self._rewind(batch)
+        await self._back_off("Kafka output not acknowledged; the batch will be read again", None)
+        return False
+
+    async def _confirm_and_commit(self, batch: Mapping[Any, list[Any]]) -> bool:
+        try:
+            await self._producer.flush()
+        except Exception as exc:
+            log.error("Kafka output not acknowledged", error=repr(exc))
+            return False
+        if await self._commit(batch):
+            self.messages_committed += sum(map(len, batch.values()))
+        BATCHES.labels("committed").inc()
+        if self._on_batch is not None:
+            self._on_batch()
+        return True
+
+    async def _back_off(self, message: str, exc: BaseException | None) -> None:
+        BATCHES.labels("retried").inc()
+        self._backoff += 1
+        delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (self._backoff - 1))
+        log.error(message, error=repr(exc) if exc else None, retry_in_s=delay, exc_info=exc)
+        await self._sleep(delay)
 
     async def _ingest_batch(self, batch: Mapping[Any, list[Any]]) -> None:
         events: list[IncomingEvent] = []
@@ -332,7 +375,7 @@ class KafkaIngestionConsumer:
             if tp in assigned:
                 consumer.seek(tp, messages[0].offset)
 
-    async def _commit(self, batch: Mapping[Any, list[Any]]) -> None:
+    async def _commit(self, batch: Mapping[Any, list[Any]]) -> bool:
         from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
         from aiokafka.structs import OffsetAndMetadata
 
@@ -343,6 +386,8 @@ class KafkaIngestionConsumer:
             # The partitions moved to another member, which reads them from the last commit:
             # these events may come out twice, none is lost.
             log.warning("Kafka offsets not committed (group rebalanced)", error=repr(exc))
+            return False
+        return True
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
@@ -356,6 +401,7 @@ class _RebalanceListener(ConsumerRebalanceListener):
         if not revoked:
             return
         async with self._owner._batch_lock:
+            await self._owner._settle_previous()
             self._owner._generation += 1
         log.info("Kafka partitions revoked", partitions=len(revoked))
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
@@ -115,7 +116,9 @@ class BatchingProducer:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._errors: list[BaseException] = []
         self._timer: asyncio.Task[None] | None = None
-        self._callbacks: dict[str, Callable[[asyncio.Future[Any]], None]] = {}
+        self._callbacks: dict[tuple[str, int], Callable[[asyncio.Future[Any]], None]] = {}
+        self._partition_cache: dict[str, tuple[float, list[int]]] = {}
+        self._spread = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, instance_id: str = "") -> BatchingProducer:
@@ -186,6 +189,10 @@ class BatchingProducer:
         """Queue one message (the interface plugin capture uses)."""
         await self.queue(ProducerRecord(topic, [KafkaMessage(value, key)]))
 
+    async def send_batched(self) -> None:
+        """Hand what is batched to the client now, without waiting for the broker."""
+        await self._send(self._cut())
+
     async def flush(self) -> None:
         """Send the batch, then wait until every message sent so far is acknowledged.
 
@@ -217,39 +224,111 @@ class BatchingProducer:
         started = time.perf_counter()
         async with self._send_lock:
             self.sends += 1
-            for record in records:
-                for message in record.messages:
-                    try:
-                        delivery = await self._client.send(record.topic, value=message.value, key=message.key)
-                    except Exception as exc:
-                        self._record_failure(record.topic, exc)
-                        continue
-                    self._in_flight.add(delivery)
-                    delivery.add_done_callback(self._delivered_callback(record.topic))
+            if hasattr(self._client, "create_batch"):
+                await self._send_as_batches(records)
+            else:
+                for record in records:
+                    for message in record.messages:
+                        await self._send_one(record.topic, message)
         FLUSH_SECONDS.observe(time.perf_counter() - started)
 
-    def _delivered_callback(self, topic: str) -> Callable[[asyncio.Future[Any]], None]:
-        if (known := self._callbacks.get(topic)) is not None:
+    async def _send_one(self, topic: str, message: KafkaMessage) -> None:
+        try:
+            delivery = await self._client.send(topic, value=message.value, key=message.key)
+        except Exception as exc:
+            self._record_failure(topic, exc)
+            return
+        self._track(delivery, topic, 1)
+
+    async def _send_as_batches(self, records: list[ProducerRecord]) -> None:
+        """One record batch per partition instead of one client call per message (the
+        per-message path costs more than the rest of Kafka mode together). Partitions are
+        chosen as the client's default partitioner does: murmur2 of the key, else spread."""
+        client: Any = self._client
+        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        for record in records:
+            topic = record.topic
+            try:
+                partitions = await self._partitions(topic)
+            except Exception as exc:
+                self._record_failure(topic, exc, len(record.messages))
+                continue
+            for message in record.messages:
+                partition = self._partition_for(message.key, partitions)
+                slot = (topic, partition)
+                entry = open_batches.get(slot)
+                if entry is None:
+                    entry = open_batches[slot] = (client.create_batch(), [0])
+                builder, count = entry
+                if builder.append(key=message.key, value=message.value, timestamp=None) is None:
+                    if count[0] == 0:  # bigger than a whole batch: on its own
+                        await self._send_one(topic, message)
+                        continue
+                    await self._ship(builder, topic, partition, count[0])
+                    entry = open_batches[slot] = (client.create_batch(), [0])
+                    builder, count = entry
+                    if builder.append(key=message.key, value=message.value, timestamp=None) is None:
+                        await self._send_one(topic, message)
+                        continue
+                count[0] += 1
+        for (topic, partition), (builder, count) in open_batches.items():
+            if count[0]:
+                await self._ship(builder, topic, partition, count[0])
+
+    async def _ship(self, builder: Any, topic: str, partition: int, count: int) -> None:
+        client: Any = self._client
+        try:
+            delivery = await client.send_batch(builder, topic, partition=partition)
+        except Exception as exc:
+            self._record_failure(topic, exc, count)
+            return
+        self._track(delivery, topic, count)
+
+    async def _partitions(self, topic: str) -> list[int]:
+        known = self._partition_cache.get(topic)
+        now = time.monotonic()
+        if known is not None and now - known[0] < 60:
+            return known[1]
+        client: Any = self._client
+        partitions = sorted(await client.partitions_for(topic))
+        self._partition_cache[topic] = (now, partitions)
+        return partitions
+
+    def _partition_for(self, key: bytes | None, partitions: list[int]) -> int:
+        if key is None:
+            self._spread = (self._spread + 1) % len(partitions)
+            return partitions[self._spread]
+        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+    def _track(self, delivery: asyncio.Future[Any], topic: str, count: int) -> None:
+        self._in_flight.add(delivery)
+        delivery.add_done_callback(self._delivered_callback(topic, count))
+
+    def _delivered_callback(self, topic: str, count: int) -> Callable[[asyncio.Future[Any]], None]:
+        if (known := self._callbacks.get((topic, count))) is not None:
             return known
 
         def delivered(future: asyncio.Future[Any]) -> None:
             self._in_flight.discard(future)
             if future.cancelled():
-                self._record_failure(topic, asyncio.CancelledError("delivery cancelled"))
+                failure: BaseException = asyncio.CancelledError("delivery cancelled")
             elif (exc := future.exception()) is not None:
-                self._record_failure(topic, exc)
+                failure = exc
             else:
-                produced.inc()
+                produced.inc(count)
+                return
+            self._record_failure(topic, failure, count)
 
         produced = MESSAGES_PRODUCED.labels(topic)
-        self._callbacks[topic] = delivered
+        if len(self._callbacks) < 10_000:
+            self._callbacks[(topic, count)] = delivered
         return delivered
 
-    def _record_failure(self, topic: str, exc: BaseException) -> None:
-        SEND_FAILURES.inc()
+    def _record_failure(self, topic: str, exc: BaseException, count: int = 1) -> None:
+        SEND_FAILURES.inc(count)
         if len(self._errors) < 1000:
             self._errors.append(exc)
-        log.warning("Kafka message not delivered", topic=topic, error=repr(exc))
+        log.warning("Kafka messages not delivered", topic=topic, messages=count, error=repr(exc))
 
     async def _flush_periodically(self) -> None:
         while True:

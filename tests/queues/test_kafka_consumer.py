@@ -19,6 +19,7 @@ from plugin_server.ingestion.kafka_messages import TOPIC_DEAD_LETTER_QUEUE
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.queues.kafka import KafkaIngestionConsumer, parse_event
 from plugin_server.queues.kafka_producer import BatchingProducer, KafkaMessage, ProducerRecord
+from tests.kafka_broker import tansu_broker
 from tests.kafka_topics import TopicTail, ensure_topics, produce
 
 
@@ -114,9 +115,15 @@ class Rig:
         await ensure_topics(self.bootstrap, [self.output, TOPIC_DEAD_LETTER_QUEUE])
         await start_group_at_beginning(self.bootstrap, self.group, self.input, self.partitions)
 
-    async def add_member(self) -> tuple[KafkaIngestionConsumer, CopyingIngestor]:
+    async def add_member(
+        self, output_bootstrap: str | None = None
+    ) -> tuple[KafkaIngestionConsumer, CopyingIngestor]:
         producer = BatchingProducer(
-            AIOKafkaProducer(bootstrap_servers=self.bootstrap),
+            AIOKafkaProducer(
+                bootstrap_servers=output_bootstrap or self.bootstrap,
+                request_timeout_ms=2000,
+                retry_backoff_ms=100,
+            ),
             max_queue_size=1000,
             max_batch_bytes=900_000,
             flush_frequency_ms=500,
@@ -297,3 +304,25 @@ async def test_rebalances_lose_nothing_and_duplicate_nothing(kafka_bootstrap: st
         assert [u for u, n in seen.items() if n > 1] == []
     finally:
         await rig.close()
+
+
+async def test_offsets_are_not_committed_while_the_output_is_not_acknowledged(rig: Rig) -> None:
+    """At least once: input offsets move only after the broker acknowledged the batch's output."""
+    with tansu_broker() as output_bootstrap:
+        await ensure_topics(output_bootstrap, [rig.output])
+        async with TopicTail(output_bootstrap, [rig.output]) as tail:
+            consumer, _ = await rig.add_member(output_bootstrap)
+            await produce(rig.bootstrap, rig.input, [kafka_value(str(uuid.uuid4())) for _ in range(50)])
+            await tail.read(rig.output, 50, within=30)
+            async with asyncio.timeout(10):
+                while consumer.messages_committed < 50:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+    # The output broker is gone: the next events are ingested, but never acknowledged.
+    await produce(rig.bootstrap, rig.input, [kafka_value(str(uuid.uuid4())) for _ in range(50)])
+    async with asyncio.timeout(20):
+        while consumer.events_seen < 100:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(4)  # several delivery time-outs and re-reads
+    assert consumer.messages_committed == 50
+    assert await committed(rig.bootstrap, rig.group, rig.input, rig.partitions) == 50
+    assert consumer.events_seen > 100  # the unacknowledged batch was read again
