@@ -197,7 +197,7 @@ async def run(total: int, users: int, batch_size: int, profile_to: str | None = 
         consumer = KafkaIngestionConsumer(settings, ingestor, producer, dead_letters, group_id=GROUP)
         await consumer.start()
         running = asyncio.create_task(consumer.run())
-        while not consumer.joined:
+        while not consumer.joined:  # noqa: ASYNC110 - polling the readiness flag
             await asyncio.sleep(0.01)
         profiler = cProfile.Profile() if profile_to else None
         if profiler is not None:
