@@ -14,15 +14,20 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from plugin_server.config import Settings
 from plugin_server.ingestion import kafka_messages as km
 from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.queues.celery_format import encode_celery_event
 from tests.conftest import REDIS_URL
 from tests.factories import create_team
 from tests.kafka_broker import free_port
 from tests.kafka_topics import TopicTail, ensure_topics, produce
 from tests.server_process import server_env, server_process, wait_ready
+
+CELERY_QUEUE = "posthog-plugins"
+NOW = "2021-10-28T12:00:01.123456+00:00"
 
 
 def django_value(event_uuid: str, seq: int, name: str = "$pageview") -> bytes:
@@ -56,9 +61,18 @@ async def wait_for(condition: Callable[[], Any], within: float) -> None:
 
 
 async def test_kafka_mode_server_ingests_and_dead_letters(
-    settings_factory: Callable[..., Settings], run_server: Any, pg: asyncpg.Pool, kafka_bootstrap: str
+    settings_factory: Callable[..., Settings],
+    run_server: Any,
+    pg: asyncpg.Pool,
+    redis: aioredis.Redis,
+    kafka_bootstrap: str,
 ) -> None:
     await create_team(pg)
+    # In Kafka mode the Celery list carries plugin jobs only: an event task there is not ingested.
+    celery_event = encode_celery_event(
+        "user-x", "127.0.0.1", "", {"event": "via celery", "properties": {}}, 2, NOW, NOW, queue=CELERY_QUEUE
+    )
+    await redis.lpush(CELERY_QUEUE, celery_event)
     topic = f"events_plugin_ingestion_{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, [topic], 2)
     settings = settings_factory(
@@ -79,6 +93,12 @@ async def test_kafka_mode_server_ingests_and_dead_letters(
     assert stored["team_id"] == 2 and stored["event"] == "$pageview"
     assert json.loads(stored["properties"])["$ip"] == "127.0.0.1"
     assert json.loads(dead.value)["raw_payload"] == "{oops"
+    assert await redis.llen(CELERY_QUEUE) == 0
+    rejected = await pg.fetchrow("SELECT stage, error FROM plugin_server_dead_letter")
+    assert rejected["stage"] == "celery_parse"
+    assert rejected["error"] == (
+        "Missing process handler for task posthog.tasks.process_event.process_event_with_plugins"
+    )
     # Postgres mode's tables stay empty; persons are in Postgres in both modes.
     assert await pg.fetchval("SELECT count(*) FROM posthog_event") == 0
     assert await pg.fetchval("SELECT count(*) FROM posthog_persondistinctid") == 30  # user-0 .. user-29
