@@ -29,6 +29,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
+    # Python 3.13 turns on strict X.509 checks by default; the CAs of managed Kafka services
+    # are often minimal self-made ones (no key-usage extension) that the original accepted.
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
     context.load_verify_locations(cadata=base64.b64decode(ca).decode("ascii"))
     # load_cert_chain reads files only: write the pair to a private temporary directory.
     with tempfile.TemporaryDirectory(prefix="kafka-tls-") as directory:
