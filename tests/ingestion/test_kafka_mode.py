@@ -28,6 +28,7 @@ from plugin_server.ingestion.persons import (
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.ingestion.types import Outcome
 from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.plugins.logs import LogTarget, PluginLogSink
 from plugin_server.queues.kafka_producer import BatchingProducer, ProducerRecord
 from plugin_server.queues.kafka_service import kafka_mode_ingestor
 from tests.factories import TEAM_ID
@@ -421,3 +422,36 @@ def test_outbox_is_inactive_outside_a_collection() -> None:
             raise ValueError("rolled back")
     assert [r.topic for r in records] == ["kept"]
     assert uuid_module.UUID(uuidt())
+
+
+async def test_plugin_log_entries_go_to_their_topic_in_kafka_mode(
+    pg: asyncpg.Pool, producer: BatchingProducer, kafka_bootstrap: str
+) -> None:
+    """services §8.2: with a Kafka producer, entries are produced (key = entry id), not inserted."""
+    instance_id = uuidt()
+    sink = PluginLogSink(pg, instance_id, flush_seconds=60, producer=producer)
+    async with TopicTail(kafka_bootstrap, [km.TOPIC_PLUGIN_LOG_ENTRIES]) as logs_tail:
+        sink.write(
+            LogTarget(team_id=2, plugin_id=60, plugin_config_id=39),
+            "SYSTEM",
+            "INFO",
+            "plugin loaded",
+            datetime(2021, 10, 27, 12, 34, 56, 789000, tzinfo=UTC),
+        )
+        await sink.flush()
+        await producer.flush()
+        [message] = await logs_tail.read(km.TOPIC_PLUGIN_LOG_ENTRIES, 1)
+    entry = json.loads(message.value)
+    assert message.key == entry["id"].encode()
+    assert entry == {
+        "id": entry["id"],
+        "team_id": 2,
+        "plugin_id": 60,
+        "plugin_config_id": 39,
+        "timestamp": "2021-10-27 12:34:56.789",
+        "source": "SYSTEM",
+        "type": "INFO",
+        "message": "plugin loaded",
+        "instance_id": instance_id,
+    }
+    assert await pg.fetchval("SELECT count(*) FROM posthog_pluginlogentry") == 0
