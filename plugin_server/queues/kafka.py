@@ -255,6 +255,7 @@ class KafkaIngestionConsumer:
                 # again from where this batch started (a partition kept through the rebalance
                 # would otherwise skip them), under the new assignment.
                 self._rewind({tp: list(messages) for tp, messages in fetched.items() if messages})
+                self._rewind(self._failed_batch)  # an unconfirmed batch before it comes first
                 return
             assigned = consumer.assignment()
             # Messages of partitions revoked since the fetch belong to their new owner now.
@@ -294,6 +295,7 @@ class KafkaIngestionConsumer:
             confirmed = False
         if confirmed:
             self._backoff = 0
+            self._failed_batch = {}
             return True
         self._failed_batch = batch
         self._rewind(batch)
