@@ -455,3 +455,67 @@ async def test_plugin_log_entries_go_to_their_topic_in_kafka_mode(
         "instance_id": instance_id,
     }
     assert await pg.fetchval("SELECT count(*) FROM posthog_pluginlogentry") == 0
+
+
+def _fold_clickhouse_copies(out: dict[str, list[Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What ClickHouse ends with: the last state of each person (deleted ones dropped) and each
+    distinct id's person (a row marked deleted for the person it points at removes it)."""
+    persons: dict[str, dict[str, Any]] = {}
+    for message in values(out[km.TOPIC_PERSON]):
+        persons[message["id"]] = message
+    live = {
+        uuid: (json.loads(p["properties"]), p["is_identified"])
+        for uuid, p in persons.items()
+        if p["is_deleted"] == 0
+    }
+    owners: dict[str, str] = {}
+    for message in values(out[km.TOPIC_PERSON_UNIQUE_ID]):
+        if message["is_deleted"] == 0:
+            owners[message["distinct_id"]] = message["person_id"]
+        elif owners.get(message["distinct_id"]) == message["person_id"]:
+            del owners[message["distinct_id"]]
+    return live, owners
+
+
+async def test_4_1_35_to_42_clickhouse_copies_match_postgres_after_identify_alias_and_merges(
+    pg: asyncpg.Pool, kafka_ingestor: PostgresIngestor, producer: BatchingProducer, tail: TopicTail
+) -> None:
+    """Scenarios 35-42 in Kafka mode, and the parity of 56-59: replaying the person and
+    distinct-id messages in order gives exactly the persons and distinct ids Postgres holds."""
+    steps = [
+        make_event("x", "person_0", {"$set": {"os": "Microsoft"}}),
+        make_event("y", "person_1", {"$set": {"browser": "Chrome"}}),
+        make_event("event 1", "anonymous_id"),
+        make_event("$identify", "initial_distinct_id", {"$anon_distinct_id": "anonymous_id"}),
+        make_event("event 2", "initial_distinct_id"),
+        make_event("event 3", "p2_distinct_id"),
+        make_event("$identify", "new_distinct_id", {"$anon_distinct_id": "p2_distinct_id"}),
+        make_event("event 4", "new_distinct_id", {"$set": {"plan": "pro"}, "$set_once": {"first": 1}}),
+        make_event("$identify", "initial_distinct_id", {"$anon_distinct_id": "new_distinct_id"}),
+        make_event("$create_alias", "anonymous-2", {"alias": "anonymous-1"}),
+        make_event("$create_alias", "person_1", {"alias": "person_0"}),
+        make_event("event 5", "person_0", {"$set": {"plan": "free"}}),
+    ]
+    for step in steps[:7]:
+        assert await ingest_one(kafka_ingestor, step) is Outcome.INGESTED
+    assert await ingest(kafka_ingestor, *steps[7:]) == [Outcome.INGESTED] * 5
+    out = await produced(tail, producer)
+
+    live, owners = _fold_clickhouse_copies(out)
+    rows = await pg.fetch("SELECT uuid, properties, is_identified FROM posthog_person")
+    assert live == {str(r["uuid"]): (r["properties"], r["is_identified"]) for r in rows}
+    id_rows = await pg.fetch(
+        "SELECT d.distinct_id, p.uuid FROM posthog_persondistinctid d "
+        "JOIN posthog_person p ON p.id = d.person_id"
+    )
+    assert owners == {r["distinct_id"]: str(r["uuid"]) for r in id_rows}
+    # scenario 35: two identified persons; 42: the two unknown ids share one person; merge of 0/1
+    assert len(rows) == 4
+    groups = sorted(sorted(d for d, p in owners.items() if p == uuid) for uuid in live)
+    assert groups == [
+        ["anonymous-1", "anonymous-2"],
+        ["anonymous_id", "initial_distinct_id"],
+        ["new_distinct_id", "p2_distinct_id"],
+        ["person_0", "person_1"],
+    ]
+    assert sorted(m["uuid"] for m in event_messages(out[km.TOPIC_EVENTS])) == sorted(e["uuid"] for e in steps)
