@@ -133,25 +133,26 @@ def encode_event_proto(
 ) -> bytes:
     """A length-delimited protobuf `Event`. Fields 1-8 are written even when empty, as the
     original's encoder did; 9 and 10 (google.protobuf.Timestamp) are never set."""
-    parts: list[bytes] = []
-    append = parts.append
-    for tag, text in (
-        (b"\x0a", uuid),
-        (b"\x12", event),
-        (b"\x1a", properties),
-        (b"\x22", timestamp),
-    ):
-        data = _utf8(text)
-        append(tag)
-        append(_varint(len(data)))
-        append(data)
-    append(b"\x28")  # field 5, varint
-    append(_varint(team_id & 0xFFFFFFFFFFFFFFFF))
-    for tag, text in ((b"\x32", distinct_id), (b"\x3a", created_at), (b"\x42", elements_chain)):
-        data = _utf8(text)
-        append(tag)
-        append(_varint(len(data)))
-        append(data)
+    uuid_b, event_b, properties_b, timestamp_b = (
+        _utf8(uuid),
+        _utf8(event),
+        _utf8(properties),
+        _utf8(timestamp),
+    )
+    distinct_b, created_b, chain_b = _utf8(distinct_id), _utf8(created_at), _utf8(elements_chain)
+    varint = _varint
+    # fmt: off
+    parts = (
+        b"\x0a", varint(len(uuid_b)), uuid_b,
+        b"\x12", varint(len(event_b)), event_b,
+        b"\x1a", varint(len(properties_b)), properties_b,
+        b"\x22", varint(len(timestamp_b)), timestamp_b,
+        b"\x28", varint(team_id & 0xFFFFFFFFFFFFFFFF),  # field 5 is a varint
+        b"\x32", varint(len(distinct_b)), distinct_b,
+        b"\x3a", varint(len(created_b)), created_b,
+        b"\x42", varint(len(chain_b)), chain_b,
+    )
+    # fmt: on
     body = b"".join(parts)
     return _varint(len(body)) + body
 
