@@ -162,6 +162,7 @@ FORBIDDEN_EVENTS = frozenset(
         "ctypes.memset",
         "mmap.__new__",
         "_thread.start_new_thread",
+        "_thread.start_joinable_thread",
         "cpython.PyInterpreterState_New",
         "cpython.run_command",
         "cpython.run_file",
@@ -231,8 +232,12 @@ def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]
 
 
 def stdlib_roots() -> list[str]:
+    """Directories plugin code may read: the standard library and the time zone database."""
+    import zoneinfo
+
     paths = sysconfig.get_paths()
     roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
+    roots |= {os.path.realpath(p) for p in zoneinfo.TZPATH}
     return sorted(roots)
 
 
