@@ -211,7 +211,9 @@ def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]
         if event == "open":
             path, mode = args[0], args[1]
             if isinstance(path, int):
-                return  # an already-open descriptor (the sandbox's own socket or statm)
+                # wrapping a descriptor (e.g. the sandbox's own socket): the runtime opens its
+                # descriptors before the hook is installed, so this is always plugin code
+                raise PermissionError("Plugins may not open file descriptors")
             writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
                 isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
             )

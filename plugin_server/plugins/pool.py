@@ -188,7 +188,8 @@ class Sandbox:
     async def _serve(self, rpc_id: int | None, key: str, name: str, args: list[Any]) -> None:
         plugin = self.pool.plugins.get(key)
         try:
-            if plugin is None:
+            if plugin is None or key not in self.loaded:
+                # only configs this sandbox runs may ask anything of the host
                 raise SandboxError(f"unknown plugin config {key}")
             value = await self.pool.services.call(plugin.context, name, args)
             reply = ["reply", rpc_id, True, value]

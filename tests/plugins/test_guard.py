@@ -49,7 +49,11 @@ HOSTILE = {
         "PermissionError",
         "os.system",
     ),
-    "subprocess": ('import typing\n    typing.sys.modules["subprocess"].run(["true"])', "", ""),
+    "subprocess": (
+        'import typing\n    typing.sys.modules["importlib"].import_module("subprocess").run(["true"])',
+        "PermissionError",  # asyncio has imported subprocess already: the audit hook stops Popen
+        "subprocess.Popen",
+    ),
     "socket": (
         'import typing\n    typing.sys.modules["_socket"].socket()',
         "PermissionError",
@@ -63,6 +67,21 @@ HOSTILE = {
     "open_passwd": ('open("/etc/passwd").read()', "PermissionError", "/etc/passwd"),
     "raising": ('raise ValueError("error thrown in plugin")', "ValueError", "error thrown in plugin"),
     "wrong_type": ('return ["not", "an", "event"]', "TypeError", "must return a dict or None"),
+    "new_interpreter": (
+        'import typing\n    typing.sys.modules["importlib"].import_module("_interpreters").create()',
+        "ImportError",
+        "_interpreters",
+    ),
+    "gc_walk": (
+        'import typing\n    typing.sys.modules["importlib"].import_module("gc").get_objects()',
+        "PermissionError",
+        "gc.get_objects",
+    ),
+    "write_file": (
+        'import io\n    io.open("/tmp/pwned-by-plugin", "w").write("x")',
+        "PermissionError",
+        "pwned",
+    ),
     "thread": (
         'import typing\n    typing.sys.modules["threading"].Thread(target=print).start()',
         "PermissionError",
