@@ -24,6 +24,7 @@ from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
 from plugin_server.plugins.service import PluginRunnerService
 from plugin_server.queues.celery_service import celery_services
+from plugin_server.queues.kafka_service import kafka_producer_services, kafka_services
 from plugin_server.services.assembly import build_host_services, build_plugin_drivers
 from plugin_server.services.staleness import StalenessWatchdog
 from plugin_server.services.status import StatusKeys
@@ -42,6 +43,8 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     """Every service of a running server, in start order (stopped in reverse)."""
     settings = ctx.settings
     services: list[Service] = [StatusKeys(ctx.redis, settings.job_queue_kinds)]
+    # Kafka mode: the shared producer, before everything that produces (stopped after them)
+    services += kafka_producer_services(ctx)
     # what plugins call (GeoIP, fetch, jobs, capture, metrics): up before any plugin loads
     services += build_host_services(ctx)
     # the plugin runner: loads plugins, publishes extras["plugin_runner"] and extras["plugins"]
@@ -54,6 +57,8 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
         services += build_plugin_drivers(ctx, plugins)
     # the Celery list: the Postgres pipeline and its consumer, started after the plugins
     services += celery_services(ctx)
+    # Kafka mode: the topic consumer and the pipeline writing for ClickHouse
+    services += kafka_services(ctx)
     if settings.staleness_restart_seconds > 0:
         services.append(
             StalenessWatchdog(ctx.activity, settings.staleness_restart_seconds, server.stop_for_staleness)

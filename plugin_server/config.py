@@ -92,6 +92,12 @@ class Settings:
     kafka_producer_max_queue_size: int = _var(1000, "Messages per Kafka producer batch", test=0, minimum=0)
     kafka_max_message_batch_size: int = _var(900000, "Bytes per Kafka producer batch", minimum=1)
     kafka_flush_frequency_ms: int = _var(500, "Longest a Kafka producer batch waits, in ms", minimum=0)
+    kafka_batch_timeout_seconds: float = _var(
+        120.0,
+        "Longest one batch from the Kafka topic may take; past it the batch's events are retried one by "
+        "one and an event that keeps failing is dead-lettered (added)",
+        minimum=0.1,
+    )
     # -- Redis
     redis_url: str = _var("redis://127.0.0.1", "Redis URL (must be the PostHog app's)")
     posthog_redis_password: str = _var("", "Redis password, used with POSTHOG_REDIS_HOST")

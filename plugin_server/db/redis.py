@@ -14,6 +14,9 @@ def create_redis(settings: Settings, *, max_connections: int | None = None) -> a
         settings.redis_dsn,
         max_connections=size,
         socket_connect_timeout=5,
+        # Explicit, so blocking reads (BLMOVE) can stay below it; redis-py 8 otherwise applies
+        # a hidden 5 s default that fails a 5 s blocking wait.
+        socket_timeout=30,
         health_check_interval=30,
         decode_responses=False,
     )

@@ -3,17 +3,20 @@ A merge is atomic here: the distinct-id move runs inside the merge transaction (
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from plugin_server.ingestion import queries
+from plugin_server.ingestion import outbox, queries
 from plugin_server.ingestion.js import truthy
+from plugin_server.ingestion.kafka_messages import person_distinct_id_move_record
 from plugin_server.ingestion.persons import (
     Person,
     add_distinct_id,
     create_person,
+    emitted_person,
     fetch_person,
 )
 from plugin_server.ingestion.uuidt import uuidt
@@ -87,21 +90,22 @@ async def alias(
                 await merge_people(conn, new, current, old, previous, identify, merge_attempts)
     else:
         try:
-            async with conn.transaction():
-                if old is not None:
-                    await add_distinct_id(conn, old, current)
-                elif new is not None:
-                    await add_distinct_id(conn, new, previous)
-                else:
-                    await create_person(
-                        conn,
-                        created_at=datetime.now(UTC),
-                        properties={},
-                        team_id=team_id,
-                        is_identified=identify,
-                        uuid=uuidt(),
-                        distinct_ids=[current, previous],
-                    )
+            with outbox.savepoint():
+                async with conn.transaction():
+                    if old is not None:
+                        await add_distinct_id(conn, old, current)
+                    elif new is not None:
+                        await add_distinct_id(conn, new, previous)
+                    else:
+                        await create_person(
+                            conn,
+                            created_at=datetime.now(UTC),
+                            properties={},
+                            team_id=team_id,
+                            is_identified=identify,
+                            uuid=uuidt(),
+                            distinct_ids=[current, previous],
+                        )
         except asyncpg.PostgresError:
             if not retry_if_failed:
                 raise
@@ -118,6 +122,9 @@ async def set_is_identified(conn: asyncpg.Connection, team_id: int, distinct_id:
         )
     if not person.is_identified:
         await conn.execute(queries.SET_PERSON_IDENTIFIED, person.id)
+        if outbox.active():
+            person.is_identified = True
+            outbox.emit(emitted_person(person))
 
 
 async def merge_people(
@@ -134,19 +141,9 @@ async def merge_people(
     first_seen = min(merge_into.created_at, other.created_at)
     merged = {**other.properties, **merge_into.properties}
     try:
-        async with conn.transaction():
-            await conn.execute(
-                queries.MERGE_INTO_PERSON,
-                first_seen,
-                merged,
-                merge_into.is_identified or other.is_identified,
-                merge_into.id,
-            )
-            await conn.execute(queries.MOVE_COHORT_PEOPLE, merge_into.id, other.id)
-            moved = await conn.fetch(queries.MOVE_DISTINCT_IDS, merge_into.id, other.id, merge_into.team_id)
-            if not moved:
-                raise MergeRaceError("Failed to move distinct ids: source person no longer exists")
-            await conn.execute(queries.DELETE_PERSON, merge_into.team_id, other.id)
+        with outbox.savepoint():
+            async with conn.transaction():
+                await _merge(conn, merge_into, other, first_seen, merged)
     except asyncpg.ForeignKeyViolationError as error:
         raise MergeRaceError("Failed to move distinct ids: target person no longer exists") from error
     except asyncpg.PostgresError:
@@ -162,3 +159,28 @@ async def merge_people(
             retry_if_failed=False,
             merge_attempts=merge_attempts,
         )
+
+
+async def _merge(
+    conn: asyncpg.Connection, merge_into: Person, other: Person, first_seen: datetime, merged: dict[str, Any]
+) -> None:
+    is_identified = merge_into.is_identified or other.is_identified
+    await conn.execute(queries.MERGE_INTO_PERSON, first_seen, merged, is_identified, merge_into.id)
+    await conn.execute(queries.MOVE_COHORT_PEOPLE, merge_into.id, other.id)
+    moved = await conn.fetch(queries.MOVE_DISTINCT_IDS, merge_into.id, other.id, merge_into.team_id)
+    if not moved:
+        raise MergeRaceError("Failed to move distinct ids: source person no longer exists")
+    await conn.execute(queries.DELETE_PERSON, merge_into.team_id, other.id)
+    if outbox.active():
+        # ClickHouse copies: the survivor's new state, each moved id (now on the survivor, no
+        # longer on the other), then the other person deleted (§3.3.3-§3.3.4).
+        survivor = dataclasses.replace(
+            merge_into, created_at=first_seen, properties=merged, is_identified=is_identified
+        )
+        messages = [emitted_person(survivor)]
+        for row in moved:
+            # the moved row's columns in table order; person_id is filled in per message
+            columns = {"team_id": merge_into.team_id, "person_id": None, "distinct_id": row["distinct_id"]}
+            messages.append(person_distinct_id_move_record(columns, merge_into.uuid, other.uuid))
+        messages.append(emitted_person(other, is_deleted=1))
+        outbox.emit(*messages)

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from plugin_server.ingestion import queries
+from plugin_server.ingestion import outbox, queries
 from plugin_server.ingestion.identify import alias
 from plugin_server.ingestion.js import js_string
 from plugin_server.ingestion.persons import (
@@ -24,6 +24,7 @@ from plugin_server.ingestion.persons import (
     apply_property_updates,
     create_person,
     create_persons,
+    emitted_person,
     fetch_persons,
     known_distinct_ids,
 )
@@ -50,22 +51,24 @@ async def _create_new_persons(conn: asyncpg.Connection, rows: list[tuple[datetim
     if not rows:
         return
     try:
-        async with conn.transaction():
-            await create_persons(conn, rows)
+        with outbox.savepoint():
+            async with conn.transaction():
+                await create_persons(conn, rows)
     except asyncpg.UniqueViolationError:
         # Another process created some of them meanwhile: one at a time, skipping those.
         for created_at, team_id, uuid, distinct_id in rows:
             try:
-                async with conn.transaction():
-                    await create_person(
-                        conn,
-                        created_at=created_at,
-                        properties={},
-                        team_id=team_id,
-                        is_identified=False,
-                        uuid=uuid,
-                        distinct_ids=[distinct_id],
-                    )
+                with outbox.savepoint():
+                    async with conn.transaction():
+                        await create_person(
+                            conn,
+                            created_at=created_at,
+                            properties={},
+                            team_id=team_id,
+                            is_identified=False,
+                            uuid=uuid,
+                            distinct_ids=[distinct_id],
+                        )
             except asyncpg.UniqueViolationError:
                 pass
 
@@ -75,8 +78,9 @@ async def _run_alias(conn: asyncpg.Connection, item: PreparedEvent, known: set[t
     previous, is_identify = item.identify
     team_id = item.team.id
     try:
-        async with conn.transaction():
-            await alias(conn, team_id, previous, item.distinct_id, is_identify)
+        with outbox.savepoint():
+            async with conn.transaction():
+                await alias(conn, team_id, previous, item.distinct_id, is_identify)
     except Exception as error:  # identify failures never fail the event (as in the original)
         log.warning(
             "identify_failed",
@@ -156,6 +160,10 @@ async def _apply_property_updates(
         person.properties = apply_property_updates(
             person.properties, item.set_props or {}, item.set_once_props or {}
         )
+        if outbox.active():
+            # Kafka mode: the person's state after each `$set` event, even when nothing changed
+            # (the original wrote and sent it every time).
+            outbox.emit(emitted_person(person))
     changed = {p.id: p.properties for p in persons.values() if p.properties != original[p.id]}
     if changed:
         await conn.executemany(

@@ -12,8 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from plugin_server.ingestion import queries
+from plugin_server.ingestion import outbox, queries
 from plugin_server.ingestion.js import js_string
+from plugin_server.ingestion.kafka_messages import person_distinct_id_record, person_record
 
 SEEN_SECONDS = 3600.0
 
@@ -124,9 +125,30 @@ async def create_person(
     record = await conn.fetchrow(queries.INSERT_PERSON, created_at, properties, team_id, is_identified, uuid)
     assert record is not None
     person = Person.from_record(record)
+    if not outbox.active():
+        for distinct_id in distinct_ids:
+            await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, team_id)
+        return person
+    messages = [emitted_person(person)]
     for distinct_id in distinct_ids:
-        await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, team_id)
+        row = await conn.fetchrow(
+            queries.INSERT_DISTINCT_ID_RETURNING, _as_text(distinct_id), person.id, team_id
+        )
+        messages.append(person_distinct_id_record(dict(row), person.uuid))
+    outbox.emit(*messages)
     return person
+
+
+def emitted_person(person: Person, is_deleted: int = 0) -> Any:
+    """The ClickHouse copy of a person's state (Kafka mode)."""
+    return person_record(
+        uuid=person.uuid,
+        created_at=person.created_at,
+        properties=person.properties,
+        team_id=person.team_id,
+        is_identified=person.is_identified,
+        is_deleted=is_deleted,
+    )
 
 
 async def create_persons(
@@ -142,16 +164,30 @@ async def create_persons(
         [p[2] for p in new_persons],
     )
     ids = {str(r["uuid"]): r["id"] for r in records}
-    await conn.execute(
-        queries.INSERT_DISTINCT_IDS,
-        [p[3] for p in new_persons],
-        [ids[p[2]] for p in new_persons],
-        [p[1] for p in new_persons],
-    )
+    columns = ([p[3] for p in new_persons], [ids[p[2]] for p in new_persons], [p[1] for p in new_persons])
+    if not outbox.active():
+        await conn.execute(queries.INSERT_DISTINCT_IDS, *columns)
+        return
+    rows = await conn.fetch(queries.INSERT_DISTINCT_IDS_RETURNING, *columns)
+    row_of = {row["person_id"]: dict(row) for row in rows}
+    messages = []
+    for created_at, team_id, uuid, _distinct_id in new_persons:
+        person = person_record(
+            uuid=uuid, created_at=created_at, properties={}, team_id=team_id, is_identified=False
+        )
+        messages.append(person)
+        messages.append(person_distinct_id_record(row_of[ids[uuid]], uuid))
+    outbox.emit(*messages)
 
 
 async def add_distinct_id(conn: asyncpg.Connection, person: Person, distinct_id: Any) -> None:
-    await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, person.team_id)
+    if not outbox.active():
+        await conn.execute(queries.INSERT_DISTINCT_ID, _as_text(distinct_id), person.id, person.team_id)
+        return
+    row = await conn.fetchrow(
+        queries.INSERT_DISTINCT_ID_RETURNING, _as_text(distinct_id), person.id, person.team_id
+    )
+    outbox.emit(person_distinct_id_record(dict(row), person.uuid))
 
 
 def apply_property_updates(

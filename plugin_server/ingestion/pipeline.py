@@ -8,12 +8,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
+from plugin_server.ingestion import outbox
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
 from plugin_server.ingestion.dead_letter import DeadLetterQueue
@@ -66,6 +67,10 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class Publisher(Protocol):
+    async def __call__(self, messages: list[Any]) -> None: ...
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, UnknownTeam):
         return "unknown_team"
@@ -99,6 +104,7 @@ class PostgresIngestor:
         hooks: HookSender | None = None,
         writer: EventWriter | None = None,
         teams: TeamCache | None = None,
+        publish: Publisher | None = None,
     ) -> None:
         self._pool = pool
         self._plugins = plugins
@@ -115,6 +121,8 @@ class PostgresIngestor:
         self.definitions = DefinitionStore(pool)
         self.seen = SeenDistinctIds(settings.distinct_id_lru_size)
         self.writer = writer or PostgresEventWriter()
+        # Kafka mode: what a transaction emitted (outbox) is handed over once it committed.
+        self._publish = publish
 
     async def start(self) -> None:
         if self._owns_actions:
@@ -213,6 +221,15 @@ class PostgresIngestor:
         failures.extend(failed)
 
     async def _write_transaction(
+        self, conn: asyncpg.Connection, items: list[PreparedEvent]
+    ) -> list[_Failure]:
+        with outbox.collect(enabled=self._publish is not None) as messages:
+            failed = await self._write_in_transaction(conn, items)
+        if self._publish is not None and messages:
+            await self._publish(messages)
+        return failed
+
+    async def _write_in_transaction(
         self, conn: asyncpg.Connection, items: list[PreparedEvent]
     ) -> list[_Failure]:
         async with conn.transaction():

@@ -49,6 +49,10 @@ INSERT_DISTINCT_IDS = """
 INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id)
 SELECT * FROM unnest($1::text[], $2::int[], $3::int[])
 """
+# Kafka mode needs the inserted rows (table column order) for their ClickHouse copies.
+_DISTINCT_ID_ROW = " RETURNING id, team_id, person_id, distinct_id"
+INSERT_DISTINCT_ID_RETURNING = INSERT_DISTINCT_ID + _DISTINCT_ID_ROW
+INSERT_DISTINCT_IDS_RETURNING = INSERT_DISTINCT_IDS.rstrip() + _DISTINCT_ID_ROW
 UPDATE_PERSON_PROPERTIES = "UPDATE posthog_person SET properties = $1 WHERE id = $2"
 SET_PERSON_IDENTIFIED = "UPDATE posthog_person SET is_identified = true WHERE id = $1"
 MERGE_INTO_PERSON = """

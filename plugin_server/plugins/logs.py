@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from plugin_server.ingestion.kafka_messages import clickhouse_time, plugin_log_entry_record
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.plugins import queries
+from plugin_server.queues.kafka_producer import BatchingProducer
 
 log = get_logger(__name__)
 
@@ -40,8 +42,17 @@ class LogEntry:
 class PluginLogSink:
     """Buffers entries and inserts them at most `flush_seconds` after the first one arrived."""
 
-    def __init__(self, pg: asyncpg.Pool, instance_id: str, *, flush_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        pg: asyncpg.Pool,
+        instance_id: str,
+        *,
+        flush_seconds: float = 1.0,
+        producer: BatchingProducer | None = None,
+    ) -> None:
         self.pg = pg
+        # Kafka mode: entries go to the `plugin_log_entries` topic instead of the table.
+        self.producer = producer
         self.instance_id = instance_id
         self.flush_seconds = flush_seconds
         self._buffer: list[LogEntry] = []
@@ -69,6 +80,26 @@ class PluginLogSink:
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
+    async def _produce(self, entries: list[LogEntry], producer: BatchingProducer) -> None:
+        for entry in entries:
+            record = plugin_log_entry_record(
+                {
+                    "id": entry.id,
+                    "team_id": entry.target.team_id,
+                    "plugin_id": entry.target.plugin_id,
+                    "plugin_config_id": entry.target.plugin_config_id,
+                    "timestamp": clickhouse_time(entry.timestamp),  # ISO with " " for "T", no "Z"
+                    "source": entry.source,
+                    "type": entry.type,
+                    "message": entry.message,
+                    "instance_id": self.instance_id,
+                }
+            )
+            try:
+                await producer.queue(record)
+            except Exception as exc:  # log writing never stops plugin work
+                log.error("could not produce a plugin log entry", error=repr(exc))
+
     async def flush(self) -> None:
         """Write what is buffered and wait for writes already under way."""
         pending = list(self._flushing)
@@ -81,7 +112,9 @@ class PluginLogSink:
             self._timer.cancel()
             self._timer = None
         entries, self._buffer = self._buffer, []
-        if entries:
+        if entries and self.producer is not None:
+            await self._produce(entries, self.producer)
+        elif entries:
             instance = uuid.UUID(self.instance_id)
             try:
                 await self.pg.execute(

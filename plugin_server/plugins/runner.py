@@ -37,6 +37,7 @@ from plugin_server.plugins.runtime import (
     RuntimeSpec,
     UnsupportedRuntime,
 )
+from plugin_server.queues.kafka_producer import BatchingProducer
 
 log = get_logger(__name__)
 
@@ -84,13 +85,14 @@ class PluginRunner:
         runtimes: Mapping[str, RuntimeFactory] | None = None,
         retry_delay_scale: float = 1.0,
         log_flush_seconds: float = 1.0,
+        log_producer: BatchingProducer | None = None,
     ) -> None:
         self.settings = settings
         self.pg = pg
         self.redis = redis
         self.instance_id = instance_id
         self.services = services or HostServices()
-        self.logs = PluginLogSink(pg, instance_id, flush_seconds=log_flush_seconds)
+        self.logs = PluginLogSink(pg, instance_id, flush_seconds=log_flush_seconds, producer=log_producer)
         self.errors = ErrorRecorder(pg, self.logs)
         self.metrics = PluginMetricsStore()
         self.pool = SandboxPool(

@@ -96,6 +96,8 @@ async def test_4_7_116_plugin_job_task_lands_in_the_graphile_job_queue(
     await create_plugin(pg, source=source)
     await create_plugin_config(pg)
     args = [2, 39, "someJobName", "start", {"a": 1}]
+    # Another instance holds the job-consumer lock, so the job stays in the table to be looked at.
+    await redis.set("plugin-server:locks:job-queue-consumer", "another-instance", px=60_000)
     await push(redis, [encode_task_message(PLUGIN_JOB_TASK, args, {}, queue=QUEUE).encode()])
     async with run_server(settings_factory()):
         await wait_for(
