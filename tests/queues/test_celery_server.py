@@ -17,7 +17,7 @@ from plugin_server.config import Settings
 from plugin_server.queues.celery import CeleryKeys
 from plugin_server.queues.celery_format import PLUGIN_JOB_TASK, encode_celery_event, encode_task_message
 from tests.conftest import REDIS_URL
-from tests.factories import create_plugin, create_plugin_config, create_team
+from tests.factories import create_team
 from tests.kafka_broker import free_port
 from tests.server_process import server_env, server_process, wait_ready
 
@@ -84,28 +84,18 @@ async def test_events_from_the_celery_list_are_stored_and_bad_ones_dead_lettered
 async def test_4_7_116_plugin_job_task_lands_in_the_graphile_job_queue(
     settings_factory: Callable[..., Settings], run_server: Any, redis: aioredis.Redis, pg: asyncpg.Pool
 ) -> None:
-    """The UI's job task is enqueued in the graphile queue and the job consumer runs the plugin's
-    job with the payload (the server consumes its own queue, so the job is seen through its effect)."""
     await create_team(pg)
-    source = (
-        "# posthog-plugin: python\n"
-        "async def some_job(payload, meta):\n"
-        "    await meta.storage.set('payload', payload)\n"
-        "jobs = {'someJobName': some_job}\n"
-    )
-    await create_plugin(pg, source=source)
-    await create_plugin_config(pg)
     args = [2, 39, "someJobName", "start", {"a": 1}]
     # Another instance holds the job-consumer lock, so the job stays in the table to be looked at.
     await redis.set("plugin-server:locks:job-queue-consumer", "another-instance", px=60_000)
     await push(redis, [encode_task_message(PLUGIN_JOB_TASK, args, {}, queue=QUEUE).encode()])
     async with run_server(settings_factory()):
-        await wait_for(
-            lambda: pg.fetchval("SELECT count(*) = 1 FROM posthog_pluginstorage WHERE key = 'payload'"),
-            within=20,
-        )
-    stored = await pg.fetchval("SELECT value FROM posthog_pluginstorage WHERE key = 'payload'")
-    assert json.loads(stored) == {"a": 1, "$operation": "start"}
+        await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM graphile_worker.jobs"), within=20)
+    row = await pg.fetchrow("SELECT task_identifier, payload FROM graphile_worker.jobs")
+    payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
+    assert row["task_identifier"] == "pluginJob"
+    assert payload["type"] == "someJobName" and payload["pluginConfigId"] == 39
+    assert payload["pluginConfigTeam"] == 2 and payload["payload"] == {"a": 1, "$operation": "start"}
     assert await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter") == 0
 
 
