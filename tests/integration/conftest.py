@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
 
 from plugin_server.app import Server
 from plugin_server.plugins.runner import PluginRunner
@@ -72,3 +75,18 @@ async def storage(pg: asyncpg.Pool, config_id: int = 39) -> dict[str, Any]:
         "SELECT key, value FROM posthog_pluginstorage WHERE plugin_config_id = $1", config_id
     )
     return {r["key"]: r["value"] for r in rows}
+
+
+@pytest.fixture
+def mmdb_path(tmp_path: Path) -> Path:
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-City", languages=["en"], description="test")
+    writer.insert_network(
+        IPSet(["89.160.20.128/25"]),
+        {
+            "city": {"geoname_id": 2694762, "names": {"en": "Linköping"}},
+            "country": {"geoname_id": 2661886, "iso_code": "SE", "names": {"en": "Sweden"}},
+        },
+    )
+    path = tmp_path / "GeoLite2-City-Test.mmdb"
+    writer.to_db_file(str(path))
+    return path

@@ -10,8 +10,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 from plugin_server.config import Settings
 from tests.integration.conftest import QUEUE, celery_event, storage, wait_until
@@ -77,21 +75,6 @@ async def test_capture_from_a_plugin_is_ingested_as_a_new_event(
     assert row["properties"]["origin"] == 7
     assert row["properties"]["$lib"] == "posthog-plugin-server"
     assert await redis.llen(QUEUE) == 0
-
-
-@pytest.fixture
-def mmdb_path(tmp_path: Path) -> Path:
-    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-City", languages=["en"], description="test")
-    writer.insert_network(
-        IPSet(["89.160.20.128/25"]),
-        {
-            "city": {"geoname_id": 2694762, "names": {"en": "Linköping"}},
-            "country": {"geoname_id": 2661886, "iso_code": "SE", "names": {"en": "Sweden"}},
-        },
-    )
-    path = tmp_path / "GeoLite2-City-Test.mmdb"
-    writer.to_db_file(str(path))
-    return path
 
 
 GEOIP_PLUGIN = """
