@@ -17,6 +17,7 @@ from plugin_server.logs import get_logger
 from plugin_server.plugins.host_services import PluginContext
 from plugin_server.plugins.lifecycle import LoadedConfig
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
+from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
 
@@ -133,7 +134,11 @@ class PluginRunnerService:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.runner = PluginRunner(ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id)
+        # Kafka mode: plugin log entries go to the plugin_log_entries topic (ClickHouse reads it)
+        log_producer = ctx.extras.get(KAFKA_PRODUCER) if ctx.settings.kafka_enabled else None
+        self.runner = PluginRunner(
+            ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id, log_producer=log_producer
+        )
         ctx.extras[PLUGIN_RUNNER] = self.runner
         ctx.extras[PLUGINS] = PluginRunnerHost(self.runner)
 
