@@ -69,6 +69,12 @@ class PluginRunnerHost:
         if not outcome.ok and (outcome.error or {}).get("retry"):
             raise JobRetry((outcome.error or {}).get("message", ""))
 
+    def workers_full(self) -> bool:
+        return self.runner.pool.full()
+
+    async def wait_drained(self) -> None:
+        await self.runner.pool.drained.wait()
+
     async def reload_plugins(self) -> None:
         await self.runner.reload()
 
