@@ -1,5 +1,6 @@
 """Kafka mode throughput: Kafka in → Kafka out, in one process — the consumer, the ingestion
-pipeline with a trivial processEvent plugin, Postgres for persons, and the producer — against a
+pipeline with a trivial Python processEvent plugin run by the real plugin runner (sandbox pool,
+WORKER_CONCURRENCY sandboxes), plugin log entries to Kafka, Postgres for persons, and the producer — against a
 Tansu broker on loopback.
 
     python -m bench.ingest_kafka [--events 50000] [--users 1000] [--batch-size 500] [--profile FILE]
@@ -21,7 +22,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -32,10 +33,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import create_pool
+from plugin_server.db.redis import create_redis
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
-from plugin_server.ingestion.kafka_messages import TOPIC_EVENTS
-from plugin_server.ingestion.types import PluginEvent
+from plugin_server.ingestion.kafka_messages import TOPIC_EVENTS, decode_event_proto
 from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.plugins.runner import PluginRunner
 from plugin_server.queues.kafka import KafkaIngestionConsumer
 from plugin_server.queues.kafka_producer import BatchingProducer
 from plugin_server.queues.kafka_service import kafka_mode_ingestor
@@ -49,17 +51,26 @@ NOW = "2021-10-28T12:00:01.123456+00:00"
 SENT_AT = "2021-10-28T12:00:00.500000+00:00"
 
 
-class TrivialPlugin:
-    """A processEvent that marks each event, run in-process (the cost of the plugin sandbox is
-    measured by the plugin benchmarks; this one measures the Kafka path around it)."""
+PLUGIN_SOURCE = """# posthog-plugin: python
+def process_event(event, meta):
+    event["properties"]["processed"] = True
+    return event
+"""
 
-    async def process_events(self, events: Sequence[PluginEvent]) -> list[PluginEvent | None]:
-        for event in events:
-            event.setdefault("properties", {})["processed"] = True
-        return list(events)
 
-    def on_events_ingested(self, events: Sequence[PluginEvent]) -> None:
-        return None
+async def _add_plugin(conn: asyncpg.Connection, org: str) -> None:
+    """A trivial Python processEvent plugin, run by the real plugin runner in its sandboxes."""
+    await conn.execute(
+        "INSERT INTO posthog_plugin (id, organization_id, plugin_type, name, description, url,"
+        " config_schema, tag, source, from_json, from_web, is_global, created_at, updated_at)"
+        " VALUES (60, $1, 'source', 'bench', '', NULL, '{}', '0.0.1', $2, false, false, false, now(), now())",
+        org,
+        PLUGIN_SOURCE,
+    )
+    await conn.execute(
+        'INSERT INTO posthog_pluginconfig (id, team_id, plugin_id, enabled, "order", config,'
+        " created_at, updated_at) VALUES (39, 2, 60, true, 0, '{}', now(), now())"
+    )
 
 
 def _free_port() -> int:
@@ -133,6 +144,7 @@ async def _database() -> str:
         "VALUES (2, gen_random_uuid(), $1, 'bench-token', 'bench', true)",
         org,
     )
+    await _add_plugin(conn, org)
     await conn.close()
     return dsn
 
@@ -158,7 +170,8 @@ async def _fill(bootstrap: str, values: list[bytes]) -> None:
     await consumer.stop()
 
 
-async def _count_output(bootstrap: str) -> int:
+async def _count_processed(bootstrap: str) -> int:
+    """Events on the output topic that went through the plugin."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -169,7 +182,10 @@ async def _count_output(bootstrap: str) -> int:
         await consumer.seek_to_beginning(*partitions)
         count = 0
         while fetched := await consumer.getmany(timeout_ms=1000, max_records=10_000):
-            count += sum(len(messages) for messages in fetched.values())
+            for messages in fetched.values():
+                for message in messages:
+                    properties = json.loads(decode_event_proto(message.value)["properties"])
+                    count += properties.get("processed") is True
         return count
     finally:
         await consumer.stop()
@@ -192,7 +208,11 @@ async def run(total: int, users: int, batch_size: int, profile_to: str | None = 
         producer = BatchingProducer.from_settings(settings)
         await producer.start()
         dead_letters = KafkaDeadLetterQueue(producer)
-        ingestor = kafka_mode_ingestor(pool, settings, TrivialPlugin(), producer, dead_letters)
+        redis = create_redis(settings)
+        plugins = PluginRunner(settings, pool, redis, uuidt(), log_producer=producer)
+        await plugins.start()
+        await plugins.wait_loaded()
+        ingestor = kafka_mode_ingestor(pool, settings, plugins, producer, dead_letters)
         await ingestor.start()
         consumer = KafkaIngestionConsumer(settings, ingestor, producer, dead_letters, group_id=GROUP)
         await consumer.start()
@@ -214,14 +234,20 @@ async def run(total: int, users: int, batch_size: int, profile_to: str | None = 
         await consumer.stop()
         await running
         await ingestor.stop()
+        await plugins.stop()
+        await redis.aclose()
         await producer.stop()
         persons = await pool.fetchval("SELECT count(*) FROM posthog_person")
+        marked = await _count_processed(bootstrap)
         await pool.close()
-        out = await _count_output(bootstrap)
+        out = marked
     print(f"events: {total}, users: {users}, batch: {batch_size}")
-    print(f"Kafka → pipeline (trivial plugin) → Kafka: {total / elapsed:,.0f} events/s")
+    print(
+        f"Kafka → pipeline (trivial Python plugin, {settings.sandbox_count} sandboxes) → Kafka: "
+        f"{total / elapsed:,.0f} events/s"
+    )
     print(f"  {elapsed:.2f} s, {elapsed / total * 1e6:.1f} µs/event")
-    print(f"  events on {TOPIC_EVENTS}: {out}; persons in Postgres: {persons}")
+    print(f"  events on {TOPIC_EVENTS} marked by the plugin: {out}; persons in Postgres: {persons}")
 
 
 def main(argv: list[str] | None = None) -> None:

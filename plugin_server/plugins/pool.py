@@ -146,11 +146,13 @@ class Sandbox:
         req_id = next(self._ids)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.pending[req_id] = future
+        self.pool.request_started()
         try:
             self.send([message[0], req_id, *message[1:]])
             return await future
         finally:
             self.pending.pop(req_id, None)
+            self.pool.request_finished()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -258,6 +260,23 @@ class SandboxPool:
         self._closing = False
         self._replacing: set[asyncio.Task[Any]] = set()
         self._replaced_event = asyncio.Event()
+        # requests handed to sandboxes and not answered yet (back-pressure, services §1.6.1)
+        self.in_flight = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.drained.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.drained.set()
+
+    def full(self) -> bool:
+        """The original's "workers full" test: more than W x W tasks queued."""
+        return self.in_flight > self.size * self.size
 
     async def start(self) -> None:
         for _ in range(self.size):

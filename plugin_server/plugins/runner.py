@@ -110,6 +110,8 @@ class PluginRunner:
         }
         self.runtimes.update(runtimes or {})
         self.loaded: dict[int, LoadedConfig] = {}
+        # Configs being torn down stay callable by id (the export buffer flushes through them).
+        self.retiring: dict[int, LoadedConfig] = {}
         self.team_chains: dict[int, list[LoadedConfig]] = {}
         # Export plugins: the export buffer registers here to receive each ingested event.
         self.on_export_events: Callable[[LoadedConfig, list[PluginEvent]], None] | None = None
@@ -131,7 +133,7 @@ class PluginRunner:
         self.loaded, self.team_chains = {}, {}
         try:
             async with asyncio.timeout(TEARDOWN_SECONDS):
-                await asyncio.gather(*(c.teardown() for c in loaded), return_exceptions=True)
+                await asyncio.gather(*(self._teardown(c) for c in loaded), return_exceptions=True)
             if self._background:
                 await asyncio.wait(self._background, timeout=TEARDOWN_SECONDS)
         except TimeoutError:
@@ -177,7 +179,15 @@ class PluginRunner:
                 chain.sort(key=lambda c: c.config.order)  # stable: ties keep query order
             self.loaded, self.team_chains = loaded, chains
             for old in replaced:
-                self._spawn(old.teardown())
+                self._spawn(self._teardown(old))
+
+    async def _teardown(self, config: LoadedConfig) -> None:
+        self.retiring.setdefault(config.id, config)
+        try:
+            await config.teardown()
+        finally:
+            if self.retiring.get(config.id) is config:
+                del self.retiring[config.id]
 
     def configs(self) -> list[ConfigInfo]:
         return [c.info() for c in self.loaded.values()]
@@ -344,8 +354,8 @@ class PluginRunner:
         self, plugin_config_id: int, method: str, args: list[Any], *, time_limit: float | None = None
     ) -> CallOutcome:
         """Run one Python-named method (`export_events`, `job:<name>`, ...) of a loaded config;
-        the failure is returned, not recorded."""
-        config = self.loaded.get(plugin_config_id)
+        the failure is returned, not recorded. A config being torn down is still reached."""
+        config = self.loaded.get(plugin_config_id) or self.retiring.get(plugin_config_id)
         if config is None:
             return CallOutcome.failure("LookupError", f"Plugin config {plugin_config_id} is not loaded")
         exports = await config.wait()

@@ -15,7 +15,10 @@ from typing import Any
 from plugin_server.context import AppContext
 from plugin_server.logs import get_logger
 from plugin_server.plugins.host_services import PluginContext
+from plugin_server.plugins.lifecycle import LoadedConfig
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
+from plugin_server.queues.kafka_service import KAFKA_PRODUCER
+from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
 
 log = get_logger(__name__)
@@ -40,6 +43,11 @@ class PluginRunnerHost:
 
     def __init__(self, runner: PluginRunner) -> None:
         self.runner = runner
+        # set once the export buffers exist: they run the exportEventsWithRetry job themselves
+        self.export_buffers: ExportEventsBuffers | None = None
+
+    def _config(self, plugin_config_id: int) -> LoadedConfig | None:
+        return self.runner.loaded.get(plugin_config_id) or self.runner.retiring.get(plugin_config_id)
 
     def scheduled_configs(self) -> Mapping[str, Sequence[int]]:
         schedule: dict[str, list[int]] = {name: [] for name in SCHEDULED_TASKS}
@@ -54,15 +62,24 @@ class PluginRunnerHost:
         return await self.runner.run_scheduled_task(plugin_config_id, task)
 
     async def run_job(self, plugin_config_id: int, job_type: str, payload: Any) -> None:
+        if job_type == EXPORT_JOB and self.export_buffers is not None:
+            await self.export_buffers.export_with_retry(plugin_config_id, payload)
+            return
         outcome = await self.runner.run_job(plugin_config_id, job_type, payload)
         if not outcome.ok and (outcome.error or {}).get("retry"):
             raise JobRetry((outcome.error or {}).get("message", ""))
+
+    def workers_full(self) -> bool:
+        return self.runner.pool.full()
+
+    async def wait_drained(self) -> None:
+        await self.runner.pool.drained.wait()
 
     async def reload_plugins(self) -> None:
         await self.runner.reload()
 
     def config_ref(self, plugin_config_id: int) -> PluginConfigRef | None:
-        loaded = self.runner.loaded.get(plugin_config_id)
+        loaded = self._config(plugin_config_id)
         if loaded is None:
             return None
         return config_ref(loaded.context, loaded.config.plugin.tag)
@@ -79,7 +96,7 @@ class PluginRunnerHost:
             )
 
     async def record_error(self, plugin_config_id: int, error: PluginCallError) -> None:
-        loaded = self.runner.loaded.get(plugin_config_id)
+        loaded = self._config(plugin_config_id)
         if loaded is not None:
             payload = {"name": error.name, "message": error.message, "stack": error.stack}
             await self.runner.errors.record(loaded.target, payload)
@@ -123,7 +140,11 @@ class PluginRunnerService:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.runner = PluginRunner(ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id)
+        # Kafka mode: plugin log entries go to the plugin_log_entries topic (ClickHouse reads it)
+        log_producer = ctx.extras.get(KAFKA_PRODUCER) if ctx.settings.kafka_enabled else None
+        self.runner = PluginRunner(
+            ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id, log_producer=log_producer
+        )
         ctx.extras[PLUGIN_RUNNER] = self.runner
         ctx.extras[PLUGINS] = PluginRunnerHost(self.runner)
 
@@ -141,6 +162,7 @@ class PluginRunnerService:
                     buffers.add(loaded.id, event)
 
             self.runner.on_export_events = buffer_events
+            self.ctx.extras[PLUGINS].export_buffers = buffers
             self.runner.before_teardown = buffers.remove
         await self.runner.start()
 

@@ -18,7 +18,7 @@ from plugin_server.services.fetch import PluginFetch
 from plugin_server.services.geoip import GeoIp
 from plugin_server.services.host_api import HostServices
 from plugin_server.services.jobs import JobQueueConsumer, JobQueueManager, build_job_queues
-from plugin_server.services.plugin_host import ActionReloadHost, PluginHost
+from plugin_server.services.plugin_host import ActionReloadHost, PluginHost, WorkerLoad
 from plugin_server.services.plugin_metrics import PluginMetrics
 from plugin_server.services.posthog_api import PosthogApi
 from plugin_server.services.reload import ReloadListener
@@ -94,6 +94,7 @@ def build_plugin_drivers(ctx: AppContext, plugins: PluginHost) -> list[Service]:
             plugins,
             create_redis(settings, max_connections=2),
             lock_ttl_seconds=settings.schedule_lock_ttl,
+            load=plugins if isinstance(plugins, WorkerLoad) else None,
         ),
         ReloadListener(
             create_redis(settings, max_connections=2),

@@ -30,7 +30,7 @@ from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
 from plugin_server.services import job_queries as q
 from plugin_server.services.locks import JOB_QUEUE_CONSUMER_LOCK_KEY, DistributedLock
-from plugin_server.services.plugin_host import JobHost
+from plugin_server.services.plugin_host import JobHost, WorkerLoad
 
 NOTIFY_CHANNEL = "jobs:insert"
 NO_JOB_QUEUE = "No JobQueue available"
@@ -485,10 +485,18 @@ class JobQueueConsumer:
     name = "job-queue-consumer"
 
     def __init__(
-        self, manager: JobQueueManager, jobs: JobHost, lock_redis: aioredis.Redis, *, lock_ttl_seconds: float
+        self,
+        manager: JobQueueManager,
+        jobs: JobHost,
+        lock_redis: aioredis.Redis,
+        *,
+        lock_ttl_seconds: float,
+        load: WorkerLoad | None = None,
     ) -> None:
         self._manager = manager
         self._jobs = jobs
+        self._load = load
+        self._resumer: asyncio.Task[None] | None = None
         self.lock = DistributedLock(
             lock_redis,
             JOB_QUEUE_CONSUMER_LOCK_KEY,
@@ -510,7 +518,24 @@ class JobQueueConsumer:
         await self._manager.stop_consumers()
 
     async def handle(self, job: EnqueuedJob) -> None:
+        # back-pressure (services §1.6.1): workers full -> take no more jobs until they drain
+        if self._load is not None and self._resumer is None and self._load.workers_full():
+            self.pause()
+            self._resumer = asyncio.create_task(self._resume_when_drained(), name="job-queue-resume")
         await self._jobs.run_job(job.plugin_config_id, job.type, job.payload)
+
+    async def _resume_when_drained(self) -> None:
+        assert self._load is not None
+        try:
+            await self._load.wait_drained()
+            log.info("plugin workers drained; job queue consumer resumed")
+        finally:
+            self._resumer = None
+            self.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._resumer is not None
 
     def pause(self) -> None:
         self._manager.pause()
@@ -519,4 +544,8 @@ class JobQueueConsumer:
         self._manager.resume()
 
     async def stop(self) -> None:
+        if self._resumer is not None:
+            self._resumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resumer
         await self.lock.stop()

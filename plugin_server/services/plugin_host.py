@@ -57,6 +57,17 @@ class JobHost(Protocol):
         ...
 
 
+@runtime_checkable
+class WorkerLoad(Protocol):
+    """How busy the plugin workers are, for back-pressure (services §1.6.1)."""
+
+    def workers_full(self) -> bool: ...
+
+    async def wait_drained(self) -> None:
+        """Return once no plugin work is queued."""
+        ...
+
+
 class ReloadHost(Protocol):
     async def reload_plugins(self) -> None:
         """Re-read plugin configs in force; load changed ones, tear down removed or disabled ones

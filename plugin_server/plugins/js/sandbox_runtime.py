@@ -4,6 +4,7 @@ lifecycle, host services and error handling as Python plugins, with the VM of vm
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +50,11 @@ class ServicesHost:
             return await http_fetch(self.http, args[0], args[1])
         if not self.services.has(name):
             raise JSError("Error", UNAVAILABLE.get(op, f"{op} is not available in this PostHog instance!"))
+        if op == "fetch":
+            args = [args[0], _fetch_options(args[1])]
         value = await self.services.call(self.context, name, args)
+        if op in ("fetch", "posthog.api"):  # the services answer (status, text, url, headers, body)
+            return _js_response(value)
         if op == "storage.get":  # the service answers (found, text)
             found, text = value
             return text if found else None
@@ -148,6 +153,32 @@ class JSRuntime:
         if self.vm is not None:
             await self.vm.close()
         await self.host.close()
+
+
+def _fetch_options(request: dict[str, Any]) -> dict[str, Any]:
+    """prelude.js's request (base64 body, timeout in ms, 0 = none) as the fetch service takes it."""
+    body = request.get("body")
+    timeout = request.get("timeout")
+    return {
+        "method": request.get("method") or "GET",
+        "headers": [tuple(pair) for pair in request.get("headers") or []],
+        "body": base64.b64decode(body) if body is not None else None,
+        "timeout": timeout / 1000 if timeout else None,
+    }
+
+
+def _js_response(value: Any) -> dict[str, Any]:
+    """A service's (status, status_text, url, headers, body) as prelude.js's Response reads it."""
+    status, status_text, url, headers, body = value
+    if isinstance(body, str):
+        body = body.encode()
+    return {
+        "status": status,
+        "statusText": status_text,
+        "url": url,
+        "headers": [list(pair) for pair in (headers.items() if isinstance(headers, dict) else headers)],
+        "body": base64.b64encode(body or b"").decode(),
+    }
 
 
 def _failure(error: JSError) -> CallOutcome:
