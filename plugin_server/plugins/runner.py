@@ -22,12 +22,12 @@ from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
 from plugin_server.plugins.capabilities import js_task_name
 from plugin_server.plugins.errors import ErrorRecorder
-from plugin_server.plugins.host_services import HostServices
+from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.js.sandbox_runtime import JSRuntime
 from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.lifecycle import ConfigInfo, LoadedConfig, same_generation
 from plugin_server.plugins.logs import PluginLogSink
-from plugin_server.plugins.meta_services import PluginMetricsStore, register_meta_services
+from plugin_server.plugins.meta_services import PluginMetricsStore, log_target, register_meta_services
 from plugin_server.plugins.pool import CallOutcome, SandboxPool
 from plugin_server.plugins.registry import fetch_plugin_configs
 from plugin_server.plugins.runtime import (
@@ -122,6 +122,8 @@ class PluginRunner:
         self._deferred_events = 0
         self._reload_lock = asyncio.Lock()
         register_meta_services(self.services, pg, redis, self.logs, self.metrics)
+        # an error nobody awaited (a JS unhandled rejection) belongs to the config it came from
+        self.services.register("errors.record", self._record_plugin_error)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -143,6 +145,9 @@ class PluginRunner:
             await self.pool.stop()
         self.js_transpiler.close()
         await self.logs.flush()
+
+    async def _record_plugin_error(self, context: PluginContext, error: dict[str, Any]) -> None:
+        await self.errors.record(log_target(context), error)
 
     def make_runtime(self, kind: str, spec: RuntimeSpec) -> PluginRuntime:
         factory = self.runtimes.get(kind)

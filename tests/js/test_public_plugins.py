@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,11 +13,19 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from plugin_server.plugins.js.host import JSPluginHost, PluginConfigRef
-from plugin_server.plugins.js.runtime import JSPlugin, is_js_plugin
-from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.js.vm import CallFailed, VMBroken
-from tests.js.conftest import Loader, default_event, spec
+from plugin_server.plugins.loader import runtime_for
+from plugin_server.plugins.runner import PluginRunner
+from plugin_server.plugins.service import bridge_host_services
+from plugin_server.services.capture import PluginCapture
+from plugin_server.services.fetch import PluginFetch
+from plugin_server.services.geoip import GeoIp
+from plugin_server.services.host_api import HostServices
+from plugin_server.services.jobs import GraphileJobQueue, JobQueueManager
+from plugin_server.services.plugin_metrics import PluginMetrics
+from plugin_server.services.posthog_api import PosthogApi
+from tests.factories import create_plugin, create_plugin_config
+from tests.js.conftest import PLUGIN_LABEL, Loader, config_error, default_event
 
 
 @pytest.fixture
@@ -59,8 +66,8 @@ async def test_hello_world_process_event(load_plugin: Loader) -> None:
     """,
         config={"bar": "2"},
     )
-    result = await plugin.process_event(default_event())
-    assert result.event is not None and result.event["properties"] == {"hello": "world 2"}
+    outcome = await plugin.call("process_event", default_event())
+    assert outcome.ok and outcome.value["properties"] == {"hello": "world 2"}
 
 
 async def test_property_filter_with_config(load_plugin: Loader) -> None:
@@ -79,10 +86,10 @@ async def test_property_filter_with_config(load_plugin: Loader) -> None:
     """,
         config={"properties": "$ip, email"},
     )
-    result = await plugin.process_event(
-        default_event(properties={"$ip": "1.2.3.4", "email": "a@b.c", "keep": 1})
+    outcome = await plugin.call(
+        "process_event", default_event(properties={"$ip": "1.2.3.4", "email": "a@b.c", "keep": 1})
     )
-    assert result.event is not None and result.event["properties"] == {"keep": 1}
+    assert outcome.ok and outcome.value["properties"] == {"keep": 1}
 
 
 async def test_first_time_event_tracker_uses_cache_and_storage(
@@ -105,9 +112,9 @@ async def test_first_time_event_tracker_uses_cache_and_storage(
     first = await plugin.process_event(default_event(event="signup", properties={}))
     second = await plugin.process_event(default_event(event="signup", properties={}))
     other = await plugin.process_event(default_event(event="pageview", properties={}))
-    assert first.event and first.event["properties"]["is_first_event_ever"] is True
-    assert second.event and second.event["properties"]["is_first_event_ever"] is False
-    assert other.event and "is_first_event_ever" not in other.event["properties"]
+    assert first and first["properties"]["is_first_event_ever"] is True
+    assert second and second["properties"]["is_first_event_ever"] is False
+    assert other and "is_first_event_ever" not in other["properties"]
     assert await redis.get("@plugin/60/2/signup_my_id") == b"true"
 
 
@@ -131,7 +138,7 @@ async def test_6_1_27_to_29_exporter_uses_fetch(
     """,
         config={"url": url},
     )
-    await plugin.on_event(default_event(event="$pageview"))
+    assert (await plugin.call("on_event", default_event(event="$pageview"))).ok
     assert [r["path"] for r in received] == ["/global?event=$pageview", "/imported", "/required"]
     assert json.loads(received[0]["body"])["event"] == "$pageview" and received[0]["auth"] == "Bearer abc"
 
@@ -152,18 +159,25 @@ async def test_typescript_plugin_with_types(load_plugin: Loader) -> None:
     """,
         config={"prefix": "ts-"},
     )
-    result = await plugin.process_event(default_event(event="e", properties={}))
-    assert result.event is not None and result.event["event"] == "ts-e-b"
-    assert result.event["properties"]["retry"] is True
+    outcome = await plugin.call("process_event", default_event(event="e", properties={}))
+    assert outcome.ok and outcome.value["event"] == "ts-e-b"
+    assert outcome.value["properties"]["retry"] is True
 
 
-async def test_6_8_jobs_are_enqueued_as_job_records(make_vm: Loader, host: JSPluginHost) -> None:
-    enqueued: list[dict[str, Any]] = []
-
-    async def enqueue(job: dict[str, Any]) -> None:
-        enqueued.append(job)
-
-    host.enqueue_job = enqueue
+async def test_6_8_jobs_are_enqueued_as_job_records(
+    make_vm: Loader, runner: PluginRunner, pg: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    fetch = PluginFetch()
+    capture = PluginCapture(redis, celery_queue="celery")
+    host = HostServices(
+        geoip=GeoIp(disabled=True),
+        jobs=JobQueueManager([GraphileJobQueue(schema="graphile_worker", pool=pg)]),
+        capture=capture,
+        api=PosthogApi(pg, fetch),
+        fetch=fetch,
+        metrics=PluginMetrics(capture),
+    )
+    bridge_host_services(runner, host)
     vm = await make_vm("""
         export const jobs = { logReply: (text, meta) => text }
         export async function processEvent(event, { jobs }) {
@@ -180,6 +194,8 @@ async def test_6_8_jobs_are_enqueued_as_job_records(make_vm: Loader, host: JSPlu
     before = time.time() * 1000
     out = await vm.call_method("processEvent", default_event())
     assert out["properties"]["error"] == "Unknown time unit: fortnights"
+    rows = await pg.fetch("SELECT payload::text FROM graphile_worker.jobs ORDER BY id")
+    enqueued = [json.loads(r["payload"]) for r in rows]
     assert [(j["type"], j["payload"]) for j in enqueued] == [
         ("logReply", "runNow"),
         ("logReply", "runIn"),
@@ -205,9 +221,13 @@ async def test_6_9_124_geoip_without_mmdb_rejects(make_vm: Loader) -> None:
 
 
 async def test_runtime_choice_by_main_and_marker() -> None:
-    assert is_js_plugin("index.js") and is_js_plugin("dist/index.ts") and not is_js_plugin("main.py")
-    assert is_js_plugin(None, "export function processEvent(e) { return e }")
-    assert not is_js_plugin(None, "# posthog-plugin: python\ndef process_event(event, meta): return event")
+    source = "export function processEvent(e) { return e }"
+    assert runtime_for("index.js", source) == runtime_for("dist/index.ts", source) == "js"
+    assert runtime_for("main.py", "def process_event(event, meta): return event") == "python"
+    assert (
+        runtime_for("index.ts", "# posthog-plugin: python\ndef process_event(event, meta): return event")
+        == "python"
+    )
 
 
 async def _ticks_during(call: Any) -> tuple[Any, int]:
@@ -228,11 +248,12 @@ async def _ticks_during(call: Any) -> tuple[Any, int]:
     return result, ticks
 
 
-async def test_infinite_loop_outside_the_loop_guard_is_stopped(
-    load_plugin: Loader, pg: asyncpg.Pool, redis: aioredis.Redis, transpiler: Transpiler
-) -> None:
+async def test_infinite_loop_outside_the_loop_guard_is_stopped(load_plugin: Loader, pg: asyncpg.Pool) -> None:
     """`new Function` code escapes the transforms; the per-call deadline still stops it, the event
     loop keeps running meanwhile, and the same plugin and another one keep working."""
+    other_source = "export function processEvent(e) { e.properties.other = true; return e }"
+    await create_plugin(pg, plugin_id=61, name="other", source=other_source)
+    await create_plugin_config(pg, config_id=40, plugin_id=61, order=2)
     stuck = await load_plugin(
         """
         const spin = new Function('while (true) {}')
@@ -240,26 +261,20 @@ async def test_infinite_loop_outside_the_loop_guard_is_stopped(
     """,
         task_timeout=1,
     )
-    other_ref = PluginConfigRef(plugin_config_id=39, plugin_id=60, team_id=2, plugin_name="other")
-    other_host = JSPluginHost(ref=other_ref, pg=pg, redis=redis, instance_id=uuid.uuid4())
-    other = await JSPlugin.load(
-        spec("export function processEvent(e) { e.properties.other = true; return e }"),
-        other_host,
-        transpiler,
-    )
     started = time.monotonic()
     result, ticks = await _ticks_during(
-        asyncio.gather(stuck.process_event(default_event(event="spin")), other.process_event(default_event()))
+        asyncio.gather(
+            stuck.process_event(default_event(event="spin")),
+            stuck.runner.call_method(40, "process_event", [default_event()]),
+        )
     )
     assert time.monotonic() - started < 5 and ticks >= 50
     spun, passed = result
-    assert spun.failed and passed.event["properties"] == {"other": True}
-    assert "timed out" in await pg.fetchval(
-        "SELECT error->>'message' FROM posthog_pluginconfig WHERE id = 39"
-    )
-    again = await stuck.process_event(default_event())
-    assert not again.failed and again.event["properties"] == {"ok": True}
-    await other.vm.close()
+    assert spun["properties"]["$plugins_failed"] == [PLUGIN_LABEL]
+    assert passed.ok and passed.value["properties"] == {"other": True}
+    assert "timed out" in (await config_error(pg))["message"]
+    again = await stuck.call("process_event", default_event())
+    assert again.ok and again.value["properties"] == {"ok": True}
 
 
 async def test_unbounded_allocation_is_contained(load_plugin: Loader, pg: asyncpg.Pool) -> None:
@@ -272,11 +287,8 @@ async def test_unbounded_allocation_is_contained(load_plugin: Loader, pg: asyncp
         task_timeout=10,
     )
     result, ticks = await _ticks_during(plugin.process_event(default_event()))
-    assert result.failed and ticks > 0
+    assert result["properties"]["$plugins_failed"] == [PLUGIN_LABEL] and ticks > 0
     assert plugin.vm.broken == "Plugin exceeded its memory limit of 64 MB"
-    assert (
-        await pg.fetchval("SELECT error->>'message' FROM posthog_pluginconfig WHERE id = 39")
-        == plugin.vm.broken
-    )
+    assert (await config_error(pg))["message"] == plugin.vm.broken
     with pytest.raises(VMBroken):
         await plugin.vm.call_method("processEvent", default_event())

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from plugin_server.plugins.js.transpile import TranspileError, Transpiler
+from plugin_server.plugins.runner import PluginRunner
 from tests.js.conftest import Loader
 
 
@@ -74,7 +75,9 @@ async def test_6_7_103_require_reads_host_imports(transpiler: Transpiler) -> Non
 
 
 @pytest.mark.parametrize("level", ["debug", "log", "info", "warn", "error"])
-async def test_6_6_92_console_levels_and_formatting(make_vm: Loader, pg: asyncpg.Pool, level: str) -> None:
+async def test_6_6_92_console_levels_and_formatting(
+    make_vm: Loader, pg: asyncpg.Pool, runner: PluginRunner, level: str
+) -> None:
     vm = await make_vm(f"""
         export async function processEvent (e) {{
             await console.{level}()
@@ -86,6 +89,7 @@ async def test_6_6_92_console_levels_and_formatting(make_vm: Loader, pg: asyncpg
         }}
     """)
     await vm.call_method("processEvent", {"event": "x", "team_id": 2})
+    await runner.logs.flush()
     rows = await pg.fetch("SELECT type, message FROM posthog_pluginlogentry ORDER BY timestamp")
     assert {r["type"] for r in rows} == {level.upper()}
     assert [r["message"] for r in rows] == [

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from plugin_server.plugins.js.vm import CallFailed, PluginLoadError
-from tests.js.conftest import Loader, default_event
+from plugin_server.plugins.runner import PluginRunner
+from tests.js.conftest import PLUGIN_LABEL, Loader, config_error, default_event
 
 
 async def test_6_1_01_empty_source_exports_nothing(make_vm: Loader) -> None:
@@ -25,8 +25,8 @@ async def test_6_1_02_setup_sets_global_used_by_process_event(load_plugin: Loade
         function setupPlugin (meta) { meta.global.data = 'haha' }
         function processEvent (event, meta) { event.event = meta.global.data; return event }
     """)
-    result = await plugin.process_event(default_event())
-    assert result.event is not None and result.event["event"] == "haha"
+    processed = await plugin.process_event(default_event())
+    assert processed is not None and processed["event"] == "haha"
 
 
 async def test_6_1_03_async_setup_is_awaited(load_plugin: Loader) -> None:
@@ -57,7 +57,7 @@ async def test_6_1_07_to_09_process_event_batch_shim(make_vm: Loader, source: st
 
 async def test_6_1_10_no_return_drops_the_event(load_plugin: Loader) -> None:
     plugin = await load_plugin("function processEvent (event) { event.event = 'changed' }")
-    assert (await plugin.process_event(default_event())).event is None
+    assert await plugin.process_event(default_event()) is None
 
 
 @pytest.mark.parametrize(
@@ -204,9 +204,12 @@ async def test_6_1_24_25_cache_lists(make_vm: Loader) -> None:
     assert props["error"] == "cache.lrange expects a number for the start and end indexes"
 
 
-async def test_6_1_26_console_log_writes_a_log_entry(make_vm: Loader, pg: asyncpg.Pool) -> None:
+async def test_6_1_26_console_log_writes_a_log_entry(
+    make_vm: Loader, pg: asyncpg.Pool, runner: PluginRunner
+) -> None:
     vm = await make_vm("export async function processEvent (e) { await console.log(e.event); return e }")
     await vm.call_method("processEvent", default_event(event="logged event"))
+    await runner.logs.flush()
     row = await pg.fetchrow("SELECT * FROM posthog_pluginlogentry")
     assert row is not None
     assert (
@@ -256,7 +259,7 @@ async def test_6_5_85_87_metrics_declaration(make_vm: Loader) -> None:
         await make_vm("export const metrics = { unsupportedMetric: 'avg' }")
 
 
-async def test_6_5_88_to_90_metric_operations(make_vm: Loader, host: Any) -> None:
+async def test_6_5_88_to_90_metric_operations(make_vm: Loader, runner: PluginRunner) -> None:
     vm = await make_vm("""
         export const metrics = { metric1: 'sum', metric2: 'max', metric3: 'min' }
         export function processEvent (e, { metrics }) {
@@ -268,7 +271,12 @@ async def test_6_5_88_to_90_metric_operations(make_vm: Loader, host: Any) -> Non
         export function runEveryHour ({ metrics }) { metrics.metric1.increment('im not a number') }
     """)
     await vm.call_method("processEvent", default_event())
-    assert host.metrics == {"metric1": 100, "metric2": 10, "metric3": 1}
+    expected = {"metric1": 100, "metric2": 10, "metric3": 1}
+    for _ in range(50):  # metric updates are notifications: they land after the call returns
+        if runner.metrics.values.get(39) == expected:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.metrics.values.get(39) == expected
     with pytest.raises(CallFailed) as wrong_op:
         await vm.run_task("runEveryMinute")
     assert (wrong_op.value.error.name, wrong_op.value.error.message) == (
@@ -283,9 +291,10 @@ async def test_6_5_88_to_90_metric_operations(make_vm: Loader, host: Any) -> Non
 
 async def test_6_5_69_changing_team_id_fails_the_call(load_plugin: Loader, pg: asyncpg.Pool) -> None:
     plugin = await load_plugin("function processEvent (event) { event.team_id = 400; return event }")
-    result = await plugin.process_event(default_event(team_id=2))
-    assert result.failed and result.event is not None and result.event["team_id"] == 2
-    error = await pg.fetchval("SELECT error FROM posthog_pluginconfig WHERE id = 39")
+    processed = await plugin.process_event(default_event(team_id=2))
+    assert processed is not None and processed["team_id"] == 2
+    assert processed["properties"]["$plugins_failed"] == [PLUGIN_LABEL]
+    error = await config_error(pg)
     assert (error["name"], error["message"]) == (
         "IllegalOperationError",
         "Plugin tried to change event.team_id",
@@ -293,16 +302,20 @@ async def test_6_5_69_changing_team_id_fails_the_call(load_plugin: Loader, pg: a
     assert error["event"]["team_id"] == 2
 
 
-async def test_6_5_67_syntax_error_fails_the_load(load_plugin: Loader, pg: asyncpg.Pool) -> None:
-    with pytest.raises(PluginLoadError) as failed:
-        await load_plugin("function setupPlugin (met")
-    assert failed.value.error.name == "SyntaxError"
-    assert ': Unexpected token, expected ","' in failed.value.error.message
-    assert (
-        await pg.fetchval(
-            "SELECT count(*) FROM posthog_pluginlogentry WHERE source = 'SYSTEM' AND type = 'ERROR'"
-        )
-        == 1
+async def test_6_5_67_syntax_error_fails_the_load(
+    load_plugin: Loader, pg: asyncpg.Pool, runner: PluginRunner
+) -> None:
+    plugin = await load_plugin("function setupPlugin (met")
+    assert plugin.loaded.exports is None
+    error = await config_error(pg)
+    assert error["name"] == "SyntaxError"
+    assert ': Unexpected token, expected ","' in error["message"]
+    await runner.logs.flush()
+    system_errors = await pg.fetch(
+        "SELECT message FROM posthog_pluginlogentry WHERE source = 'SYSTEM' AND type = 'ERROR'"
+    )
+    assert sorted(r["message"] for r in system_errors) == sorted(
+        [error["message"], f"Plugin failed to load (instance ID {runner.instance_id}). Retrying in 3 s."]
     )
 
 
@@ -352,12 +365,15 @@ async def test_6_3_56_57_awaits_time_out_with_timeout_error(make_vm: Loader, sha
     )
 
 
-async def test_6_9_109_teardown_error_is_recorded(load_plugin: Loader, pg: asyncpg.Pool) -> None:
+async def test_6_9_109_teardown_error_is_recorded(
+    load_plugin: Loader, pg: asyncpg.Pool, runner: PluginRunner
+) -> None:
     plugin = await load_plugin(
         "export function teardownPlugin () { throw new Error('This Happened In The Teardown Palace') }"
     )
+    assert plugin.loaded.exports is not None
     assert await pg.fetchval("SELECT error FROM posthog_pluginconfig WHERE id = 39") is None
-    await plugin.teardown()
+    await runner.stop()
     error = await pg.fetchval("SELECT error->>'message' FROM posthog_pluginconfig WHERE id = 39")
     assert error == "This Happened In The Teardown Palace"
     messages = [
@@ -379,24 +395,16 @@ async def test_6_9_111_to_113_unhandled_rejections_are_attributed(
     load_plugin: Loader, pg: asyncpg.Pool, body: str
 ) -> None:
     plugin = await load_plugin(f"export function processEvent (event) {{ {body}; return event }}")
-    result = await plugin.process_event(default_event())
-    assert result.event is not None and not result.failed
-    for _ in range(50):
-        error = await pg.fetchval("SELECT error->>'message' FROM posthog_pluginconfig WHERE id = 39")
-        if error:
-            break
-        await asyncio.sleep(0.02)
-    assert error == "error thrown in plugin"
+    processed = await plugin.process_event(default_event())
+    assert processed is not None and processed["properties"]["$plugins_failed"] == []
+    assert (await config_error(pg))["message"] == "error thrown in plugin"
 
 
 async def test_3_2_mutations_before_a_failure_survive(load_plugin: Loader, pg: asyncpg.Pool) -> None:
     plugin = await load_plugin("""
         function processEvent (event) { event.properties.processed = 'hell yes'; return meta.nope }
     """)
-    result = await plugin.process_event(default_event())
-    assert (
-        result.failed and result.event is not None and result.event["properties"]["processed"] == "hell yes"
-    )
-    assert (
-        await pg.fetchval("SELECT error->>'name' FROM posthog_pluginconfig WHERE id = 39") == "ReferenceError"
-    )
+    processed = await plugin.process_event(default_event())
+    assert processed is not None and processed["properties"]["processed"] == "hell yes"
+    assert processed["properties"]["$plugins_failed"] == [PLUGIN_LABEL]
+    assert (await config_error(pg))["name"] == "ReferenceError"

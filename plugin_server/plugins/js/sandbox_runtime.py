@@ -12,8 +12,7 @@ import aiohttp
 
 from plugin_server.logs import get_logger
 from plugin_server.plugins.capabilities import METHOD_NAMES, js_task_name
-from plugin_server.plugins.host_services import HostServices
-from plugin_server.plugins.js.host import NO_GEOIP, http_fetch
+from plugin_server.plugins.host_services import HostServices, PluginContext, unavailable_message
 from plugin_server.plugins.js.isolate import JSError
 from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.js.vm import Attachment, CallFailed, JSPluginVM, PluginLoadError, VMBroken, VMSpec
@@ -26,8 +25,8 @@ PY_METHOD_OF = {js: py for py, js in METHOD_NAMES.items()}
 # Host calls whose service name differs from the JS op name.
 SERVICE_NAMES = {"storage.del": "storage.delete"}
 UNAVAILABLE = {
-    "geoip.locate": NO_GEOIP,
-    "jobs.enqueue": "No JobQueue available",
+    "geoip.locate": unavailable_message("geoip.locate"),
+    "jobs.enqueue": unavailable_message("jobs.enqueue"),
     "posthog.capture": "posthog.capture is not available in this PostHog instance!",
     "posthog.api": "posthog.api is not available in this PostHog instance!",
 }
@@ -37,8 +36,8 @@ class ServicesHost:
     """A `JSHost` that answers through the shared HostServices, so JS and Python plugins reach the
     same cache, storage, logs, metrics, jobs, capture and geoip."""
 
-    def __init__(self, spec: RuntimeSpec, services: HostServices) -> None:
-        self.context = spec.context
+    def __init__(self, context: PluginContext, services: HostServices) -> None:
+        self.context = context
         self.services = services
         self.http: aiohttp.ClientSession | None = None
 
@@ -81,12 +80,19 @@ class JSRuntime:
     """`PluginRuntime` for JS/TS plugin configs: one V8 isolate each."""
 
     def __init__(
-        self, spec: RuntimeSpec, services: HostServices, transpiler: Transpiler, memory_limit_mb: int = 128
+        self,
+        spec: RuntimeSpec,
+        services: HostServices,
+        transpiler: Transpiler,
+        memory_limit_mb: int = 128,
+        *,
+        expose_test_timer: bool = False,
     ) -> None:
         self.spec = spec
-        self.host = ServicesHost(spec, services)
+        self.host = ServicesHost(spec.context, services)
         self.transpiler = transpiler
         self.memory_limit_mb = memory_limit_mb
+        self.expose_test_timer = expose_test_timer
         self.vm: JSPluginVM | None = None
 
     async def load(self) -> CallOutcome:
@@ -99,6 +105,7 @@ class JSRuntime:
             },
             task_timeout=self.spec.task_timeout,
             memory_limit_mb=self.memory_limit_mb,
+            expose_test_timer=self.expose_test_timer,
         )
         try:
             self.vm = await JSPluginVM.create(vm_spec, self.host, self.transpiler)
@@ -153,6 +160,33 @@ class JSRuntime:
         if self.vm is not None:
             await self.vm.close()
         await self.host.close()
+
+
+async def http_fetch(session: aiohttp.ClientSession, url: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A plugin's `fetch` when no fetch service is registered (request and response as prelude.js
+    encodes them)."""
+    body = base64.b64decode(request["body"]) if request.get("body") is not None else None
+    timeout = aiohttp.ClientTimeout(total=request["timeout"] / 1000) if request.get("timeout") else None
+    try:
+        async with session.request(
+            request["method"],
+            url,
+            headers=[(k, v) for k, v in request.get("headers", [])],
+            data=body,
+            allow_redirects=request.get("redirect", "follow") == "follow",
+            timeout=timeout,
+        ) as response:
+            content = await response.read()
+            return {
+                "status": response.status,
+                "statusText": response.reason or "",
+                "url": str(response.url),
+                "headers": list(response.headers.items()),
+                "body": base64.b64encode(content).decode(),
+            }
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise JSError("FetchError", f"request to {url} failed, reason: {reason}") from exc
 
 
 def _fetch_options(request: dict[str, Any]) -> dict[str, Any]:
