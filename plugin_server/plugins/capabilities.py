@@ -28,6 +28,13 @@ EXPORT_METRICS = (
 )
 
 
+def python_task_name(name: str) -> str:
+    """runEveryMinute -> run_every_minute (Python names pass through)."""
+    if "_" in name or name.islower():
+        return name
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
 def js_task_name(python_name: str) -> str:
     """run_every_minute -> runEveryMinute."""
     head, *rest = python_name.split("_")

@@ -20,7 +20,7 @@ from plugin_server.config import Settings
 from plugin_server.ingestion.types import PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
-from plugin_server.plugins.capabilities import js_task_name
+from plugin_server.plugins.capabilities import js_task_name, python_task_name
 from plugin_server.plugins.errors import ErrorRecorder
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.js.sandbox_runtime import JSRuntime
@@ -64,13 +64,6 @@ def _result_label(outcome: CallOutcome) -> str:
         return "ok"
     name = (outcome.error or {}).get("name")
     return {"TimeoutError": "timeout", "MemoryError": "memory"}.get(str(name), "error")
-
-
-def python_task_name(name: str) -> str:
-    """runEveryMinute -> run_every_minute (Python names pass through)."""
-    if "_" in name or name.islower():
-        return name
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
 
 
 class PluginRunner:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from plugin_server.logs import get_logger
-from plugin_server.plugins.capabilities import METHOD_NAMES, js_task_name
+from plugin_server.plugins.capabilities import METHOD_NAMES, js_task_name, python_task_name
 from plugin_server.plugins.host_services import HostServices, PluginContext, unavailable_message
 from plugin_server.plugins.js.isolate import JSError
 from plugin_server.plugins.js.transpile import Transpiler
@@ -120,7 +120,7 @@ class JSRuntime:
             True,
             {
                 "methods": [PY_METHOD_OF[m] for m in exports.methods],
-                "run_every": [_python_name(n) for n in exports.schedule],
+                "run_every": [python_task_name(n) for n in exports.schedule],
                 "jobs": list(exports.jobs),
                 "metrics": dict(exports.metrics),
             },
@@ -225,7 +225,3 @@ def _failure(error: JSError) -> CallOutcome:
     if error.caller is not None:
         data["caller"] = error.caller
     return CallOutcome(False, None, data)
-
-
-def _python_name(js_name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in js_name)
