@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
@@ -99,16 +99,7 @@ class Isolate:
 
     async def evaluate(self, code: str, deadline: float) -> None:
         """Run the plugin's script at the top level (so its functions and vars become globals)."""
-        try:
-            await asyncio.wait_for(self._racer.eval_cancelable(code), deadline)
-        except TimeoutError as exc:
-            raise IsolateTimeout() from exc
-        except JSOOMException as exc:
-            raise IsolateOutOfMemory() from exc
-        except JSEvalException as exc:
-            if self._racer.was_hard_memory_limit_reached():
-                raise IsolateOutOfMemory() from exc
-            raise JSError.from_v8(exc) from exc
+        await self._run(self._racer.eval_cancelable(code), deadline)
 
     async def exchange(self, messages: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
         """Deliver messages and collect what the isolate produced; terminate JS past the deadline."""
@@ -117,8 +108,13 @@ class Isolate:
         call = ctx._run_cancelable_mr_task(
             ctx._dll.mr_call_function, self._dispatch.raw, payload.raw, self._no_args.raw
         )
+        raw = await self._run(call, deadline)
+        return cast(list[dict[str, Any]], json.loads(cast(str, raw)))
+
+    async def _run(self, call: Awaitable[Any], deadline: float) -> Any:
+        """Await a V8 task, turning its failures into the isolate's errors."""
         try:
-            raw = await asyncio.wait_for(call, deadline)
+            return await asyncio.wait_for(call, deadline)
         except TimeoutError as exc:
             raise IsolateTimeout() from exc
         except JSOOMException as exc:
@@ -127,7 +123,6 @@ class Isolate:
             if self._racer.was_hard_memory_limit_reached():
                 raise IsolateOutOfMemory() from exc
             raise JSError.from_v8(exc) from exc
-        return cast(list[dict[str, Any]], json.loads(cast(str, raw)))
 
     def heap_stats(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._racer.heap_stats())
