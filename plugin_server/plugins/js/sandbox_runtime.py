@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -40,6 +40,8 @@ class ServicesHost:
         self.context = context
         self.services = services
         self.http: aiohttp.ClientSession | None = None
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        self._background: set[asyncio.Task[Any]] = set()
 
     async def call(self, op: str, args: list[Any]) -> Any:
         name = SERVICE_NAMES.get(op, op)
@@ -61,15 +63,24 @@ class ServicesHost:
 
     def notify(self, op: str, args: list[Any]) -> None:
         if op == "metric":
-            asyncio.get_running_loop().create_task(self.services.call(self.context, "metrics.update", args))
+            self._in_background(self.services.call(self.context, "metrics.update", args))
         elif op == "unhandledRejection" and self.services.has("errors.record"):
-            asyncio.get_running_loop().create_task(self.services.call(self.context, "errors.record", args))
-        else:
+            self._in_background(self.services.call(self.context, "errors.record", args))
+        elif op == "unhandledRejection":
             log.warning(
                 "unhandled promise rejection in plugin",
                 plugin_config_id=self.context.plugin_config_id,
                 error=args[0] if args else None,
             )
+        else:
+            log.warning(
+                "unknown notification from a JS plugin", op=op, plugin_config_id=self.context.plugin_config_id
+            )
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         if self.http is not None:
