@@ -168,6 +168,19 @@ def _server(env: dict[str, str], profile_to: Path | None) -> Iterator[subprocess
             process.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (Linux /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_ready(process: subprocess.Popen[bytes], port: int, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -229,10 +242,13 @@ async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[
             _wait_ready(process, port)
             await _push(redis, warmup_messages())
             await _wait_for_rows(pg, KNOWN_USERS, within=300)
+            cpu_before, busy_before = _cpu_seconds(process.pid), _machine_busy_seconds()
             started = time.perf_counter()
             await _push(redis, messages)
             await _wait_for_rows(pg, KNOWN_USERS + count, within=1800)
             elapsed = time.perf_counter() - started
+            server_cpu = _cpu_seconds(process.pid) - cpu_before
+            machine_busy = _machine_busy_seconds() - busy_before
             process.terminate()
             process.wait(timeout=60)
         dead = await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter")
@@ -241,7 +257,11 @@ async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[
         await pg.close()
         await redis.aclose()
         await _drop_database(args.postgres, db_name)
-    return _report(f"celery->postgres {name}", count, elapsed, f"persons {persons}, dead letters {dead}")
+    note = (
+        f"persons {persons}, dead letters {dead}; server CPU {server_cpu / count * 1e6:.0f} µs/event,"
+        f" whole machine busy {machine_busy / elapsed:.2f} of {os.cpu_count()} cores"
+    )
+    return _report(f"celery->postgres {name}", count, elapsed, note)
 
 
 class _DiscardingIngestor:
