@@ -92,7 +92,7 @@ class _Failure:
 
 # Events prepared between two yields to the event loop, so that the previous batch's database
 # round trips go on while the next batch is prepared.
-_PREPARE_SLICE = 64
+_PREPARE_SLICE = 16
 
 
 @dataclass(slots=True)

@@ -138,7 +138,7 @@ return 0
 """
 
 # Messages parsed between two yields to the event loop (so a batch committing meanwhile goes on).
-_PARSE_SLICE = 100
+_PARSE_SLICE = 25
 
 
 class CeleryKeys:
@@ -213,8 +213,10 @@ class CeleryConsumer:
         self._ack_oldest = redis.register_script(_ACK_OLDEST)
         self._give_back = redis.register_script(_GIVE_BACK)
         self._staged: StagedIngestor[Any] | None = ingestor if isinstance(ingestor, StagedIngestor) else None
-        # Staged ingestor: the task committing and acknowledging the oldest batch in flight.
+        # Staged ingestor: the task committing and acknowledging the oldest batch in flight, and
+        # the one moving the batch after the next into the processing list.
         self._committing: asyncio.Task[None] | None = None
+        self._take_ahead_task: asyncio.Task[list[bytes]] | None = None
         self._stop_requested = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -265,8 +267,8 @@ class CeleryConsumer:
                     await self._sleep(backoff.next_delay())
         finally:
             try:
-                # Stop: the batch committing finishes and is acknowledged; one only taken (not
-                # prepared) stays in the processing list and is given back.
+                # Stop: the batch committing finishes and is acknowledged; those only taken (not
+                # prepared) stay in the processing list and are given back.
                 await self._settle_commit()
             finally:
                 self._loop_done.set()
@@ -375,7 +377,11 @@ class CeleryConsumer:
     async def _step_overlapped(self, ingestor: StagedIngestor[Any]) -> None:
         """Take and prepare the next batch while the one before commits; then commit it in turn."""
         ahead = self._committing is not None
-        batch = await self._take_ahead() if ahead else await self._take()
+        if ahead:
+            batch = await self._taken_ahead()
+        else:
+            await self._drop_take_ahead()  # what it took is in the processing list, taken whole now
+            batch = await self._take()
         if not batch:
             if ahead:
                 await self._finish_commit()
@@ -384,13 +390,14 @@ class CeleryConsumer:
             return
         if self._stop_requested.is_set() and ahead:
             return  # taken but not begun: given back at stop
+        if len(batch) >= self._batch_size:
+            # More are likely waiting: Redis moves the next batch while this one is worked on.
+            self._take_ahead_task = asyncio.create_task(self._take_ahead(), name="celery-take-ahead")
         started = time.perf_counter()
         events, settled = await self._sort(batch)
-        if settled and (events or ahead):
+        if settled:
             await self._remove(settled)
         if not events:
-            if not ahead:
-                await self._acknowledge()
             return
         prepared = await ingestor.prepare(events)
         await self._finish_commit()  # raises if the batch before failed: this one is then retried
@@ -422,6 +429,17 @@ class CeleryConsumer:
             self._note_failure("redis", exc)
         except Exception as exc:
             self._note_failure("ingest", exc)
+        await self._drop_take_ahead()
+
+    async def _taken_ahead(self) -> list[bytes]:
+        task, self._take_ahead_task = self._take_ahead_task, None
+        return await task if task is not None else await self._take_ahead()
+
+    async def _drop_take_ahead(self) -> None:
+        """Wait for a take ahead and forget its result: its messages stay in the processing list."""
+        task, self._take_ahead_task = self._take_ahead_task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _take_ahead(self) -> list[bytes]:
         items: list[bytes] = await self._take_more(

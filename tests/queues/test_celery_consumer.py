@@ -446,7 +446,7 @@ def staged(redis: aioredis.Redis, instance_id: str) -> StagedRecordingIngestor:
 async def test_staged_ingestor_next_batch_is_prepared_while_the_current_one_commits(
     redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
 ) -> None:
-    await push(redis, [event_message(i) for i in range(7)])
+    await push(redis, [event_message(i) for i in range(10)])
     ingestor = staged(redis, "overlap")
     ingestor.gate = asyncio.Event()
     consumer = make_consumer(ingestor=ingestor, batch_size=3, instance_id="overlap")
@@ -454,18 +454,17 @@ async def test_staged_ingestor_next_batch_is_prepared_while_the_current_one_comm
         await asyncio.wait_for(ingestor.committing.wait(), 5)
         await wait_until(lambda: len(ingestor.prepared) == 2)
         await asyncio.sleep(0.1)
-        # batch 2 is taken and prepared, both are in the processing list, nothing more is taken
+        # batch 2 is taken and prepared and batch 3 taken, all in the processing list; no more
         assert ingestor.prepared == [[0, 1, 2], [3, 4, 5]] and ingestor.committed == []
-        assert await redis.llen(KEYS.processing("overlap")) == 6
+        assert await redis.llen(KEYS.processing("overlap")) == 9
         assert await redis.llen(QUEUE) == 1
         ingestor.gate.set()
-        await wait_until(lambda: len(ingestor.seqs) == 7)
-    assert ingestor.committed == [[0, 1, 2], [3, 4, 5], [6]]
-    # each commit began once the batch before it was acknowledged: what was still in the
-    # processing list then is the batch itself, and at most the batch taken after it
-    assert ingestor.in_flight_at_commit[0] == [0, 1, 2, 3, 4, 5]
-    assert ingestor.in_flight_at_commit[1] in ([3, 4, 5], [3, 4, 5, 6])
-    assert ingestor.in_flight_at_commit[2] == [6]
+        await wait_until(lambda: len(ingestor.seqs) == 10)
+    assert ingestor.committed == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    # each commit began once the batches before it were acknowledged: the oldest message still
+    # in the processing list then was the batch's own first one
+    for batch, in_flight in zip(ingestor.committed, ingestor.in_flight_at_commit, strict=True):
+        assert set(batch) <= set(in_flight) and min(in_flight) == batch[0]
     assert await redis.exists(KEYS.processing("overlap")) == 0
     assert await redis.llen(QUEUE) == 0
 
@@ -482,9 +481,8 @@ async def test_staged_ingestor_a_failed_commit_is_retried_with_the_batch_prepare
         await wait_until(lambda: len(ingestor.prepared) == 2)
         ingestor.gate.set()  # the first commit fails; the batch prepared meanwhile is not committed
         await wait_until(lambda: len(ingestor.seqs) == 4)
-    # nothing committed twice, nothing out of order; the retry took both batches at once
-    assert ingestor.seqs == [0, 1, 2, 3]
-    assert ingestor.committed[0] == [0, 1, 2]
+    # nothing committed twice, nothing out of order; the retry took everything in flight at once
+    assert ingestor.committed == [[0, 1, 2, 3]]
     assert await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter") == 1
     assert await redis.exists(KEYS.processing("retry")) == 0
     assert await redis.llen(QUEUE) == 0
