@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -94,16 +95,32 @@ async def _run_alias(conn: asyncpg.Connection, item: PreparedEvent, known: set[t
             known.add((team_id, js_string(previous)))
 
 
+@dataclass(slots=True)
+class _PersonProperties:
+    """What a property update reads and writes of a person (Postgres mode)."""
+
+    id: int
+    properties: dict[str, Any]
+
+
 async def _load_persons(
     conn: asyncpg.Connection, keys: set[tuple[int, str]]
-) -> dict[tuple[int, str], Person]:
+) -> dict[tuple[int, str], Person | _PersonProperties]:
     by_team: dict[int, list[str]] = {}
     for team_id, distinct_id in keys:
         by_team.setdefault(team_id, []).append(distinct_id)
-    loaded: dict[tuple[int, str], Person] = {}
+    loaded: dict[tuple[int, str], Person | _PersonProperties] = {}
     for team_id, distinct_ids in by_team.items():
-        for distinct_id, person in (await fetch_persons(conn, team_id, distinct_ids)).items():
-            loaded[(team_id, distinct_id)] = person
+        if outbox.active():  # Kafka mode sends the whole person after each update
+            for distinct_id, person in (await fetch_persons(conn, team_id, distinct_ids)).items():
+                loaded[(team_id, distinct_id)] = person
+            continue
+        for distinct_id, person_id, properties in await conn.fetch(
+            queries.SELECT_PERSON_PROPERTIES_BY_DISTINCT_IDS, team_id, distinct_ids
+        ):
+            loaded[(team_id, distinct_id)] = _PersonProperties(
+                person_id, properties if isinstance(properties, dict) else {}
+            )
     return loaded
 
 
@@ -145,9 +162,9 @@ async def apply_person_changes(
 async def _apply_property_updates(
     conn: asyncpg.Connection, updates: list[PreparedEvent], result: PersonChanges
 ) -> None:
-    persons = await _load_persons(conn, {item.person_key for item in updates})
-    by_id: dict[int, Person] = {}  # two distinct ids of one person share one object
-    persons = {key: by_id.setdefault(person.id, person) for key, person in persons.items()}
+    loaded = await _load_persons(conn, {item.person_key for item in updates})
+    by_id: dict[int, Person | _PersonProperties] = {}  # two distinct ids of one person share one object
+    persons = {key: by_id.setdefault(person.id, person) for key, person in loaded.items()}
     original = {person.id: person.properties for person in persons.values()}
     for item in updates:
         person = persons.get(item.person_key)
@@ -160,7 +177,7 @@ async def _apply_property_updates(
         person.properties = apply_property_updates(
             person.properties, item.set_props or {}, item.set_once_props or {}
         )
-        if outbox.active():
+        if isinstance(person, Person):
             # Kafka mode: the person's state after each `$set` event, even when nothing changed
             # (the original wrote and sent it every time).
             outbox.emit(emitted_person(person))

@@ -33,6 +33,15 @@ JOIN posthog_persondistinctid ON posthog_persondistinctid.team_id = $1
 JOIN posthog_person ON posthog_person.id = posthog_persondistinctid.person_id
 WHERE posthog_person.team_id = $1
 """
+# Only what a `$set`/`$set_once` update needs (Postgres mode: no copy of the person is sent anywhere).
+SELECT_PERSON_PROPERTIES_BY_DISTINCT_IDS = """
+SELECT posthog_persondistinctid.distinct_id, posthog_person.id, posthog_person.properties
+FROM unnest($2::text[]) AS wanted(distinct_id)
+JOIN posthog_persondistinctid ON posthog_persondistinctid.team_id = $1
+     AND posthog_persondistinctid.distinct_id = wanted.distinct_id
+JOIN posthog_person ON posthog_person.id = posthog_persondistinctid.person_id
+WHERE posthog_person.team_id = $1
+"""
 SELECT_KNOWN_DISTINCT_IDS = """
 SELECT team_id, distinct_id FROM posthog_persondistinctid
 WHERE (team_id, distinct_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))
