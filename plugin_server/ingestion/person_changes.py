@@ -28,6 +28,7 @@ from plugin_server.ingestion.persons import (
     emitted_person,
     fetch_persons,
     known_distinct_ids,
+    person_ids,
 )
 from plugin_server.ingestion.prepare import PreparedEvent, new_person_uuid
 from plugin_server.logs import get_logger
@@ -141,22 +142,67 @@ async def apply_person_changes(
     cached = {key for key in keys if key in seen}
     known = await known_distinct_ids(conn, [key for key in keys if key not in cached])
     known |= cached
+    untouched: Sequence[PreparedEvent] = []
+    if not outbox.active() and any(item.identify is not None for item in items):
+        # Persons no alias of this batch can reach are changed all at once, first; only the
+        # events of the others need to wait for the aliases before them.
+        untouched, items = await _split_by_aliases(conn, items)
+        await _apply_segment(conn, untouched, known, result)
     for segment in _segments(items):
         if segment[0].identify is not None:
             await _run_alias(conn, segment[0], known)
-        new_persons = []
-        for item in segment:
-            if item.person_key not in known:
-                new_persons.append(
-                    (item.person_created_at, item.team.id, new_person_uuid(), item.distinct_id)
-                )
-                known.add(item.person_key)
-            result.seen.add(item.person_key)
-        await _create_new_persons(conn, new_persons)
-        updates = [item for item in segment if item.set_props is not None]
-        if updates:
-            await _apply_property_updates(conn, updates, result)
+        await _apply_segment(conn, segment, known, result)
     return result
+
+
+async def _apply_segment(
+    conn: asyncpg.Connection,
+    segment: Sequence[PreparedEvent],
+    known: set[tuple[int, str]],
+    result: PersonChanges,
+) -> None:
+    """Persons for the segment's new distinct ids, then its property updates in event order."""
+    new_persons = []
+    for item in segment:
+        if item.person_key not in known:
+            new_persons.append((item.person_created_at, item.team.id, new_person_uuid(), item.distinct_id))
+            known.add(item.person_key)
+        result.seen.add(item.person_key)
+    await _create_new_persons(conn, new_persons)
+    updates = [item for item in segment if item.set_props is not None]
+    if updates:
+        await _apply_property_updates(conn, updates, result)
+
+
+async def _split_by_aliases(
+    conn: asyncpg.Connection, items: Sequence[PreparedEvent]
+) -> tuple[list[PreparedEvent], list[PreparedEvent]]:
+    """(events no alias of the batch can affect, the rest), each in batch order.
+
+    An alias links or merges only the persons its two distinct ids have when it runs; those are
+    persons the batch's alias ids had at its start, or persons made for alias ids during it. So
+    an event whose distinct id is not an alias id, and whose person (if it has one) is no alias
+    id's person at the start, keeps the same person however its changes and the aliases are
+    interleaved: its changes can all be made before the aliases."""
+    alias_keys: set[tuple[int, str]] = set()
+    for item in items:
+        if item.identify is not None:
+            alias_keys.add(item.person_key)
+            previous = item.identify[0]
+            if previous is not None:
+                alias_keys.add((item.team.id, js_string(previous)))
+    keys = list(dict.fromkeys(item.person_key for item in items) | dict.fromkeys(alias_keys))
+    person_of = await person_ids(conn, keys)
+    reached = {person_of[key] for key in alias_keys if key in person_of}
+    untouched: list[PreparedEvent] = []
+    rest: list[PreparedEvent] = []
+    for item in items:
+        key = item.person_key
+        if key in alias_keys or person_of.get(key) in reached:
+            rest.append(item)
+        else:
+            untouched.append(item)
+    return untouched, rest
 
 
 async def _apply_property_updates(

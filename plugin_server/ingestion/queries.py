@@ -46,6 +46,10 @@ SELECT_KNOWN_DISTINCT_IDS = """
 SELECT team_id, distinct_id FROM posthog_persondistinctid
 WHERE (team_id, distinct_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))
 """
+SELECT_PERSON_IDS = """
+SELECT team_id, distinct_id, person_id FROM posthog_persondistinctid
+WHERE (team_id, distinct_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))
+"""
 INSERT_PERSON = """
 INSERT INTO posthog_person
     (created_at, properties, properties_last_updated_at, team_id, is_user_id, is_identified, uuid)
