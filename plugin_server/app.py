@@ -22,6 +22,7 @@ from plugin_server.ingestion.actions import action_cache_services
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.logs import get_logger
 from plugin_server.metrics import SERVER_INFO
+from plugin_server.plugins.service import PluginRunnerService
 from plugin_server.queues.celery_service import celery_services
 from plugin_server.queues.kafka_service import kafka_producer_services, kafka_services
 from plugin_server.services.assembly import build_host_services, build_plugin_drivers
@@ -46,6 +47,8 @@ def build_services(ctx: AppContext, server: Server) -> list[Service]:
     services += kafka_producer_services(ctx)
     # what plugins call (GeoIP, fetch, jobs, capture, metrics): up before any plugin loads
     services += build_host_services(ctx)
+    # the plugin runner: loads plugins, publishes extras["plugin_runner"] and extras["plugins"]
+    services.append(PluginRunnerService(ctx))
     # the action cache: matched by ingestion, kept current by the reload listener built below
     services += action_cache_services(ctx)
     # the plugin registry, once built here, publishes itself as extras["plugins"] before this point

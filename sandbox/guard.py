@@ -162,6 +162,7 @@ FORBIDDEN_EVENTS = frozenset(
         "ctypes.memset",
         "mmap.__new__",
         "_thread.start_new_thread",
+        "_thread.start_joinable_thread",
         "cpython.PyInterpreterState_New",
         "cpython.run_command",
         "cpython.run_file",
@@ -210,7 +211,9 @@ def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]
         if event == "open":
             path, mode = args[0], args[1]
             if isinstance(path, int):
-                return  # an already-open descriptor (the sandbox's own socket or statm)
+                # wrapping a descriptor (e.g. the sandbox's own socket): the runtime opens its
+                # descriptors before the hook is installed, so this is always plugin code
+                raise PermissionError("Plugins may not open file descriptors")
             writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
                 isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
             )
@@ -231,8 +234,12 @@ def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]
 
 
 def stdlib_roots() -> list[str]:
+    """Directories plugin code may read: the standard library and the time zone database."""
+    import zoneinfo
+
     paths = sysconfig.get_paths()
     roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if k in paths}
+    roots |= {os.path.realpath(p) for p in zoneinfo.TZPATH}
     return sorted(roots)
 
 

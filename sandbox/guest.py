@@ -21,6 +21,7 @@ from sandbox.plugin_module import PluginModule, collect_exports, compile_plugin
 from sandbox.watchdog import Watchdog, plural_seconds
 
 BEAT_SECONDS = 0.5
+MAX_STOPPED_IN_A_ROW = 3
 _SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
 
@@ -222,19 +223,71 @@ class Guest:
                 ]
                 results = list(await asyncio.gather(*tasks))
             else:
-                stop_error: dict[str, Any] | None = None
+                # A plugin that hits its deadline on several events in a row would hold the whole
+                # batch for that many TASK_TIMEOUTs: after a few, the rest of the batch is skipped.
+                stopped_in_a_row = 0
+                skipped: dict[str, Any] = {}
                 for args in batch:
-                    if stop_error is not None:
-                        results.append([False, None, stop_error, None])
+                    if stopped_in_a_row >= MAX_STOPPED_IN_A_ROW:
+                        results.append([False, None, skipped, None])
                         continue
-                    outcome = await self.invoke_one(fn, args, loaded, method, time_limit)
+                    outcome = self.invoke_sync(fn, args, loaded, method, time_limit)
+                    if outcome is None:  # the function returned an awaitable: run it the async way
+                        outcome = await self.invoke_one(fn, args, loaded, method, time_limit)
                     if not outcome[0] and outcome[2]["name"] in ("TimeoutError", "MemoryError"):
-                        stop_error = dict(outcome[2])
-                        stop_error["message"] += " (later calls of this batch were skipped)"
+                        stopped_in_a_row += 1
+                        skipped = dict(outcome[2])
+                        skipped["message"] += " (skipped: the previous calls in this batch were stopped)"
+                    else:
+                        stopped_in_a_row = 0
                     results.append(outcome)
-            self.send(["result", req_id, results])
+            self.send_results(req_id, method, results)
         finally:
             _current_key.reset(token)
+
+    def send_results(self, req_id: int, method: str, results: list[list[Any]]) -> None:
+        """Values are checked by encoding the whole answer once; only when that fails is each
+        value checked, and the ones that are not JSON become TypeErrors."""
+        try:
+            frame = protocol.encode(["result", req_id, results], strict=True)
+        except (TypeError, ValueError):
+            for outcome in results:
+                if outcome[0]:
+                    try:
+                        protocol.encode(outcome[1], strict=True)
+                    except (TypeError, ValueError) as exc:
+                        if method == "process_event":
+                            error = TypeError(f"process_event must return JSON-compatible data: {exc}")
+                            outcome[:] = [False, None, _error(error), None]
+                        else:
+                            outcome[1] = repr(outcome[1])
+                if outcome[3] is not None:
+                    outcome[3] = _json_or_none(outcome[3])
+            frame = protocol.encode(["result", req_id, results])
+        assert self.writer is not None
+        if not self.writer.is_closing():
+            self.writer.write(frame)
+
+    def invoke_sync(
+        self, fn: Any, args: list[Any], loaded: LoadedPlugin, method: str, time_limit: float
+    ) -> list[Any] | None:
+        """One call of a plain function, without a task or a coroutine; None when it returned an
+        awaitable (its effects are done; the awaitable is run by invoke_one)."""
+        record = self.watchdog.begin_sync(time_limit)
+        try:
+            result = fn(*args, loaded.meta)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                return None
+            self.watchdog.check_memory_after(record)
+            return [True, _check_result(method, result), None, None]
+        except Exception as exc:
+            stopped = isinstance(exc, TimeoutError | MemoryError)
+            mutated = args[0] if method == "process_event" and args and not stopped else None
+            return [False, None, _error(exc), mutated]
+        finally:
+            self.watchdog.end_sync(record)
 
     async def invoke_one(
         self, fn: Any, args: list[Any], loaded: LoadedPlugin, method: str, time_limit: float
@@ -245,7 +298,7 @@ class Guest:
         except Exception as exc:
             # a call stopped by the watchdog keeps nothing of what it did to the event
             stopped = isinstance(exc, TimeoutError | MemoryError)
-            mutated = _json_or_none(args[0]) if method == "process_event" and args and not stopped else None
+            mutated = args[0] if method == "process_event" and args and not stopped else None
             return [False, None, _error(exc), mutated]
 
     async def invoke(self, fn: Any, args: list[Any], time_limit: float) -> Any:
@@ -266,6 +319,7 @@ class Guest:
                         raise TimeoutError(
                             f"Script execution timed out after promise waited for {waited}"
                         ) from None
+                self.watchdog.check_memory_after(record)
                 return result
             finally:
                 self.watchdog.end(record, token)
@@ -284,17 +338,9 @@ def _lookup(loaded: LoadedPlugin, method: str) -> Any:
 
 
 def _check_result(method: str, result: Any) -> Any:
-    if method == "process_event":
-        if result is not None and not isinstance(result, dict):
-            raise TypeError(f"process_event must return a dict or None, not {type(result).__name__}")
-        if result is not None:
-            json.dumps(result, allow_nan=False)  # raises TypeError/ValueError for non-JSON values
-        return result
-    try:
-        json.dumps(result, allow_nan=False)
-        return result
-    except (TypeError, ValueError):
-        return repr(result)
+    if method == "process_event" and result is not None and not isinstance(result, dict):
+        raise TypeError(f"process_event must return a dict or None, not {type(result).__name__}")
+    return result
 
 
 def _json_or_none(value: Any) -> Any:
@@ -321,7 +367,19 @@ def _host_exception(error: dict[str, Any]) -> BaseException:
             return cls(message)
         except Exception:
             pass
-    return HostError(str(error.get("name")), message)
+    name = str(error.get("name") or "HostError")
+    if name.isidentifier():
+        cls = _host_error_classes.get(name)
+        if cls is None:
+            # the plugin sees the host's exception class name (e.g. RetryError, ServiceNotFound)
+            cls = _host_error_classes[name] = type(name, (HostError,), {})
+        return cls(name, message)
+    return HostError(name, message)
+
+
+_host_error_classes: dict[str, type[HostError]] = {
+    "RetryError": type("RetryError", (HostError, meta.RetryError), {})
+}
 
 
 def main(fd: int, options_json: str) -> None:

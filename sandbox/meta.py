@@ -306,6 +306,58 @@ class Jobs:
         return self[name]
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What `meta.fetch` and `meta.posthog.api.*` resolve to."""
+
+    status: int
+    status_text: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _mapped(source: asyncio.Future[Any], convert: Callable[[Any], Any]) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(raw: asyncio.Future[Any]) -> None:
+        if raw.cancelled():
+            future.cancel()
+        elif raw.exception() is not None:
+            future.set_exception(raw.exception())  # type: ignore[arg-type]
+        else:
+            try:
+                future.set_result(convert(raw.result()))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    source.add_done_callback(done)
+    return future
+
+
+def _response(plain: Any) -> Response:
+    status, status_text, url, headers, body = plain
+    if isinstance(body, str):
+        body = body.encode()
+    return Response(
+        int(status),
+        str(status_text),
+        str(url),
+        {str(k).lower(): str(v) for k, v in dict(headers).items()},
+        body or b"",
+    )
+
+
 class Geoip:
     def __init__(self, request: Request) -> None:
         self._request = request
@@ -319,7 +371,7 @@ class PosthogApi:
         self._request = request
 
     def _call(self, method: str, path: str, **options: Any) -> asyncio.Future[Any]:
-        return self._request("posthog.api", [method, path, options])
+        return _mapped(self._request("posthog.api", [method, path, options]), _response)
 
     def get(self, path: str, **options: Any) -> asyncio.Future[Any]:
         return self._call("GET", path, **options)
@@ -370,7 +422,7 @@ class Meta:
         self.team_id: int | None = spec.get("team_id")
 
     def fetch(self, url: str, **options: Any) -> asyncio.Future[Any]:
-        return self._request("fetch", [url, options])
+        return _mapped(self._request("fetch", [url, options]), _response)
 
     def __getitem__(self, key: str) -> Any:
         if key == "global":

@@ -42,12 +42,14 @@ def _decode_object(obj: dict[str, Any]) -> Any:
 
 
 _encoder = _Encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# For plugin results: plain JSON only (bytes, sets, datetimes are errors, as the spec says).
+_strict_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decoder = json.JSONDecoder(object_hook=_decode_object)
 
 
-def encode(message: Any) -> bytes:
+def encode(message: Any, *, strict: bool = False) -> bytes:
     """One frame: 4-byte big-endian length, then the UTF-8 JSON body."""
-    body = _encoder.encode(message).encode("utf-8")
+    body = (_strict_encoder if strict else _encoder).encode(message).encode("utf-8")
     return HEADER.pack(len(body)) + body
 
 

@@ -21,6 +21,9 @@ from typing import Any
 
 TOOL_ID = 4  # ids 0-2 and 5 are conventionally taken by debuggers, coverage, profilers, optimizers
 _EVENTS = sys.monitoring.events
+# Faulting in memory runs at a few GB/s at best: a call shorter than this cannot have grown the
+# process by a ceiling of 16 MB or more, so it is not sampled when it ends.
+MIN_SECONDS_TO_FILL_LIMIT = 0.005
 TRIP_EVENTS = _EVENTS.LINE | _EVENTS.JUMP | _EVENTS.PY_START | _EVENTS.PY_RETURN | _EVENTS.CALL
 
 
@@ -34,6 +37,8 @@ class CallRecord:
     timeout: float
     deadline: float
     rss_base: int
+    peak_base: int
+    started: float = 0.0
     timed_out: bool = False
     over_memory: bool = False
     done: bool = field(default=False)
@@ -49,56 +54,96 @@ class Watchdog:
         self.active: set[CallRecord] = set()
         self.loop_thread = threading.get_ident()
         self._exempt = tuple(os.path.realpath(d) + os.sep for d in exempt_dirs)
-        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self.last_rss = self.sample_rss()
+        self._status = os.open("/proc/self/status", os.O_RDONLY)
+        self.last_rss, self.last_peak = self.sample_rss()
         self._wake = threading.Event()
         self._stopped = False
         self._events_on = False
+        self.sync_record: CallRecord | None = None
         sys.monitoring.use_tool_id(TOOL_ID, "plugin-sandbox-watchdog")
         for event in (_EVENTS.LINE, _EVENTS.JUMP, _EVENTS.PY_START, _EVENTS.PY_RETURN, _EVENTS.CALL):
             sys.monitoring.register_callback(TOOL_ID, event, self._on_event)
         self._thread = threading.Thread(target=self._run, name="sandbox-watchdog")
         self._thread.start()
 
-    def sample_rss(self) -> int:
-        fields = os.pread(self._statm, 128, 0).split()
-        return int(fields[1]) * self._page
+    def sample_rss(self) -> tuple[int, int]:
+        """(resident, peak resident) bytes of the process. The peak catches an allocation that
+        came and went between two samples (the sampling thread waits for the GIL meanwhile)."""
+        text = os.pread(self._status, 4096, 0)
+        return _kilobytes(text, b"VmRSS:") * 1024, _kilobytes(text, b"VmHWM:") * 1024
+
+    def _grown(self, record: CallRecord, rss: int, peak: int) -> int:
+        return max(rss - record.rss_base, peak - record.peak_base)
 
     # -- loop thread side
     def begin(self, timeout: float) -> tuple[CallRecord, contextvars.Token[CallRecord | None]]:
-        record = CallRecord(timeout=timeout, deadline=time.monotonic() + timeout, rss_base=self.last_rss)
+        record = CallRecord(
+            timeout=timeout,
+            deadline=time.monotonic() + timeout,
+            started=time.monotonic(),
+            rss_base=self.last_rss,
+            peak_base=self.last_peak,
+        )
         was_idle = not self.active
         self.active.add(record)
         if was_idle:
             self._wake.set()
         return record, current_call.set(record)
 
-    def end(self, record: CallRecord, token: contextvars.Token[CallRecord | None]) -> None:
+    def check_memory_after(self, record: CallRecord) -> None:
+        """Fail a call that finished before the sampler saw it over the ceiling. Only calls that
+        ran long enough to fault in that much memory pay for the sample."""
+        if time.monotonic() - record.started < MIN_SECONDS_TO_FILL_LIMIT:
+            return
+        if record.over_memory or self._grown(record, *self.sample_rss()) > self.memory_limit:
+            raise MemoryError(self.memory_message())
+
+    def memory_message(self) -> str:
+        return f"Plugin exceeded the sandbox memory limit of {self.memory_limit // (1024 * 1024)} MB"
+
+    def begin_sync(self, timeout: float) -> CallRecord:
+        """Like begin, for a plain function run right here: nothing else runs on the loop
+        meanwhile, so the record is kept on the watchdog instead of in a context variable."""
+        now = time.monotonic()
+        record = CallRecord(timeout, now + timeout, self.last_rss, self.last_peak, now)
+        if not self.active:
+            self._wake.set()
+        self.active.add(record)
+        self.sync_record = record
+        return record
+
+    def end_sync(self, record: CallRecord) -> None:
         record.done = True
+        self.sync_record = None
         self.active.discard(record)
-        current_call.reset(token)
+        if self._events_on:
+            self._maybe_disarm()
+
+    def _maybe_disarm(self) -> None:
         if self._events_on and not any(r.timed_out or r.over_memory for r in self.active):
             self._events_on = False
             sys.monitoring.set_events(TOOL_ID, 0)
 
+    def end(self, record: CallRecord, token: contextvars.Token[CallRecord | None]) -> None:
+        record.done = True
+        self.active.discard(record)
+        current_call.reset(token)
+        self._maybe_disarm()
+
     def _on_event(self, code: Any, *args: Any) -> Any:
         if threading.get_ident() != self.loop_thread:
             return None
-        record = current_call.get()
+        record = self.sync_record or current_call.get()
         if record is None or record.done or code.co_filename.startswith(self._exempt):
             return None
+        if record.over_memory:
+            if self._grown(record, *self.sample_rss()) > self.memory_limit:
+                raise MemoryError(self.memory_message())
+            record.over_memory = False
         if record.timed_out:
             raise TimeoutError(
                 f"Script execution timed out after looping for {plural_seconds(record.timeout)}"
             )
-        if record.over_memory:
-            grown = self.sample_rss() - record.rss_base
-            if grown > self.memory_limit:
-                raise MemoryError(
-                    f"Plugin exceeded the sandbox memory limit of {self.memory_limit // (1024 * 1024)} MB"
-                )
-            record.over_memory = False
         return None
 
     # -- watchdog thread side
@@ -107,17 +152,17 @@ class Watchdog:
             if not self.active:
                 self._wake.wait()
                 self._wake.clear()
-                self.last_rss = self.sample_rss()
+                self.last_rss, self.last_peak = self.sample_rss()
                 continue
             time.sleep(self.tick)
-            rss = self.last_rss = self.sample_rss()
+            rss, peak = self.last_rss, self.last_peak = self.sample_rss()
             now = time.monotonic()
             trip = False
             for record in list(self.active):
                 if not record.timed_out and now > record.deadline:
                     record.timed_out = True
                     trip = True
-                if not record.over_memory and rss - record.rss_base > self.memory_limit:
+                if not record.over_memory and self._grown(record, rss, peak) > self.memory_limit:
                     record.over_memory = True
                     trip = True
             if trip and not self._events_on:
@@ -130,4 +175,11 @@ class Watchdog:
         self._thread.join()
         sys.monitoring.set_events(TOOL_ID, 0)
         sys.monitoring.free_tool_id(TOOL_ID)
-        os.close(self._statm)
+        os.close(self._status)
+
+
+def _kilobytes(status: bytes, field_name: bytes) -> int:
+    start = status.find(field_name)
+    if start < 0:
+        return 0
+    return int(status[start + len(field_name) : status.index(b"kB", start)].strip())

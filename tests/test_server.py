@@ -50,7 +50,9 @@ async def test_readiness_reports_a_dependency_down(
     settings = settings_factory(http_server_port=free_port())
     async with run_server(settings) as server:
         assert await server.readiness() == {}
-        await server.ctx.postgres.close()  # Postgres unreachable from the server's side
+        # Postgres unreachable from the server's side (terminate: close() would wait for the
+        # connection the job-queue consumer keeps)
+        server.ctx.postgres.terminate()
         server._readiness_cache = None
         failing = await server.readiness()
         assert "postgres" in failing

@@ -191,6 +191,11 @@ class LoadedConfig:
             except TimeoutError:
                 pass
         instance = runner.instance_id
+        if runner.before_teardown is not None and self.exports is not None:
+            try:
+                await runner.before_teardown(self.id)
+            except Exception as exc:
+                log.error("could not flush before teardown", plugin_config_id=self.id, error=repr(exc))
         if self.runtime is not None and self.exports is not None:
             outcome = await self.runtime.teardown(runner.settings.task_timeout)
             if not outcome.ok and outcome.error is not None:

@@ -76,7 +76,7 @@ class PluginLogSink:
             self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self._start_flush)
 
     def _start_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.flush())
+        task = asyncio.get_running_loop().create_task(self._write_buffer())
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
@@ -101,6 +101,13 @@ class PluginLogSink:
                 log.error("could not produce a plugin log entry", error=repr(exc))
 
     async def flush(self) -> None:
+        """Write what is buffered and wait for writes already under way."""
+        pending = list(self._flushing)
+        await self._write_buffer()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _write_buffer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -124,6 +131,3 @@ class PluginLogSink:
                 )
             except Exception as exc:  # log writing never stops plugin work
                 log.error("could not write plugin log entries", count=len(entries), error=repr(exc))
-        if self._flushing:
-            current = asyncio.current_task()
-            await asyncio.gather(*(t for t in self._flushing if t is not current), return_exceptions=True)

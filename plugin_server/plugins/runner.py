@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -113,6 +113,8 @@ class PluginRunner:
         self.team_chains: dict[int, list[LoadedConfig]] = {}
         # Export plugins: the export buffer registers here to receive each ingested event.
         self.on_export_events: Callable[[LoadedConfig, list[PluginEvent]], None] | None = None
+        # ... and flushes a config's buffer before the config is torn down.
+        self.before_teardown: Callable[[int], Awaitable[None]] | None = None
         self._keys = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred_events = 0
@@ -130,11 +132,13 @@ class PluginRunner:
         try:
             async with asyncio.timeout(TEARDOWN_SECONDS):
                 await asyncio.gather(*(c.teardown() for c in loaded), return_exceptions=True)
+            if self._background:
+                await asyncio.wait(self._background, timeout=TEARDOWN_SECONDS)
         except TimeoutError:
             log.warning("plugin teardown did not finish in time", seconds=TEARDOWN_SECONDS)
-        if self._background:
-            await asyncio.wait(self._background, timeout=TEARDOWN_SECONDS)
-        await self.pool.stop()
+        finally:
+            # the sandboxes must end before the process does, whatever happened above
+            await self.pool.stop()
         self.js_transpiler.close()
         await self.logs.flush()
 

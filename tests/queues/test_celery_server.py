@@ -86,6 +86,8 @@ async def test_4_7_116_plugin_job_task_lands_in_the_graphile_job_queue(
 ) -> None:
     await create_team(pg)
     args = [2, 39, "someJobName", "start", {"a": 1}]
+    # Another instance holds the job-consumer lock, so the job stays in the table to be looked at.
+    await redis.set("plugin-server:locks:job-queue-consumer", "another-instance", px=60_000)
     await push(redis, [encode_task_message(PLUGIN_JOB_TASK, args, {}, queue=QUEUE).encode()])
     async with run_server(settings_factory()):
         await wait_for(lambda: pg.fetchval("SELECT count(*) = 1 FROM graphile_worker.jobs"), within=20)

@@ -1,0 +1,148 @@
+"""The plugin runner as a server service: builds the PluginRunner, bridges the host services
+(GeoIP, fetch, jobs, capture, API) onto its request channel, and publishes
+
+- `ctx.extras["plugin_runner"]`: the EventPluginRunner the ingestion pipeline calls;
+- `ctx.extras["plugins"]`: the PluginHost the scheduler, job consumer, reload listener and
+  export buffers drive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugin_server.context import AppContext
+from plugin_server.logs import get_logger
+from plugin_server.plugins.host_services import PluginContext
+from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
+from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
+
+log = get_logger(__name__)
+
+PLUGIN_RUNNER = "plugin_runner"
+PLUGINS = "plugins"
+
+
+def config_ref(context: PluginContext, plugin_tag: str | None = None) -> PluginConfigRef:
+    return PluginConfigRef(
+        id=context.plugin_config_id,
+        team_id=context.team_id or 0,
+        plugin_id=context.plugin_id,
+        plugin_name=context.plugin_name,
+        plugin_tag=plugin_tag,
+        organization_id=context.organization_id,
+    )
+
+
+class PluginRunnerHost:
+    """The PluginHost protocol of the host services, answered by a PluginRunner."""
+
+    def __init__(self, runner: PluginRunner) -> None:
+        self.runner = runner
+
+    def scheduled_configs(self) -> Mapping[str, Sequence[int]]:
+        schedule: dict[str, list[int]] = {name: [] for name in SCHEDULED_TASKS}
+        for loaded in self.runner.loaded.values():
+            for name in (loaded.exports or {}).get("run_every", []):
+                js = "runEvery" + name.removeprefix("run_every_").title().replace("_", "")
+                if js in schedule:
+                    schedule[js].append(loaded.id)
+        return schedule
+
+    async def run_scheduled_task(self, plugin_config_id: int, task: str) -> Any:
+        return await self.runner.run_scheduled_task(plugin_config_id, task)
+
+    async def run_job(self, plugin_config_id: int, job_type: str, payload: Any) -> None:
+        outcome = await self.runner.run_job(plugin_config_id, job_type, payload)
+        if not outcome.ok and (outcome.error or {}).get("retry"):
+            raise JobRetry((outcome.error or {}).get("message", ""))
+
+    async def reload_plugins(self) -> None:
+        await self.runner.reload()
+
+    def config_ref(self, plugin_config_id: int) -> PluginConfigRef | None:
+        loaded = self.runner.loaded.get(plugin_config_id)
+        if loaded is None:
+            return None
+        return config_ref(loaded.context, loaded.config.plugin.tag)
+
+    async def export_events(self, plugin_config_id: int, events: Sequence[dict[str, Any]]) -> None:
+        outcome = await self.runner.call_method(plugin_config_id, "export_events", [list(events)])
+        if not outcome.ok:
+            error = outcome.error or {}
+            raise PluginCallError(
+                str(error.get("name", "Error")),
+                str(error.get("message", "")),
+                retry=bool(error.get("retry")),
+                stack=str(error.get("stack", "")),
+            )
+
+    async def record_error(self, plugin_config_id: int, error: PluginCallError) -> None:
+        loaded = self.runner.loaded.get(plugin_config_id)
+        if loaded is not None:
+            payload = {"name": error.name, "message": error.message, "stack": error.stack}
+            await self.runner.errors.record(loaded.target, payload)
+
+
+def bridge_host_services(runner: PluginRunner, host: Any) -> None:
+    """Register the host services' operations on the runner's request channel."""
+
+    async def geoip_locate(ctx: PluginContext, ip: str) -> Any:
+        return await host.call(config_ref(ctx), "geoip.locate", (ip,))
+
+    async def jobs_enqueue(ctx: PluginContext, job_type: str, payload: Any, run_at_ms: float) -> None:
+        await host.call(config_ref(ctx), "jobs.enqueue", (job_type, payload, run_at_ms))
+
+    async def capture(ctx: PluginContext, event: str, properties: dict[str, Any]) -> None:
+        await host.call(config_ref(ctx), "posthog.capture", (event, properties))
+
+    async def api(ctx: PluginContext, method: str, path: str, options: dict[str, Any]) -> Any:
+        return await host.call(config_ref(ctx), "posthog.api", (method, path, options))
+
+    async def fetch(ctx: PluginContext, url: str, options: dict[str, Any]) -> Any:
+        body = options.get("body")
+        if options.get("json") is not None:
+            body = json.dumps(options["json"])
+        args = (url, options.get("method"), options.get("headers"), body, options.get("timeout"))
+        return await host.call(config_ref(ctx), "fetch", args)
+
+    handlers: dict[str, Any] = {
+        "geoip.locate": geoip_locate,
+        "jobs.enqueue": jobs_enqueue,
+        "posthog.capture": capture,
+        "posthog.api": api,
+        "fetch": fetch,
+    }
+    for name, handler in handlers.items():
+        runner.services.register(name, handler)
+
+
+class PluginRunnerService:
+    name = "plugins"
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.runner = PluginRunner(ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id)
+        ctx.extras[PLUGIN_RUNNER] = self.runner
+        ctx.extras[PLUGINS] = PluginRunnerHost(self.runner)
+
+    async def start(self) -> None:
+        host = self.ctx.extras.get("host_services")
+        if host is not None:
+            bridge_host_services(self.runner, host)
+        buffers = self.ctx.extras.get("export_buffers")
+        if buffers is not None:
+
+            def buffer_events(loaded: Any, events: list[dict[str, Any]]) -> None:
+                if not buffers.has(loaded.id):
+                    buffers.configure(loaded.id, loaded.config.config)
+                for event in events:
+                    buffers.add(loaded.id, event)
+
+            self.runner.on_export_events = buffer_events
+            self.runner.before_teardown = buffers.remove
+        await self.runner.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()

@@ -1,0 +1,167 @@
+"""The sandbox pool without the database: interpreters created, used and closed repeatedly, work
+spread over sandboxes, lazy loading, and the 6.3 timeouts in Python form."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from plugin_server.plugins.host_services import HostServices, PluginContext
+from plugin_server.plugins.pool import SandboxPool
+
+CONTEXT = PluginContext(plugin_config_id=39, plugin_id=60, team_id=2, plugin_name="p")
+
+DATES = """
+import datetime, decimal, zoneinfo, json
+
+def process_event(event, meta):
+    when = datetime.datetime.fromisoformat(event["timestamp"]).astimezone(zoneinfo.ZoneInfo("UTC"))
+    event["properties"]["day"] = when.date().isoformat()
+    event["properties"]["price"] = str(decimal.Decimal("1.10") * 3)
+    return event
+"""
+
+
+def spec(timeout: float = 5.0) -> dict:
+    return {"plugin_config_id": 39, "team_id": 2, "config": {}, "timeout": timeout}
+
+
+async def test_interpreters_survive_create_use_close_cycles() -> None:
+    """CPython 3.13.0 crashed when sandboxes imported datetime first; the pool imports it in the
+    main interpreter before creating any. This stresses create/use/close with those imports."""
+    for cycle in range(6):
+        pool = SandboxPool(3, HostServices(), stuck_after=30)
+        await pool.start()
+        pool.register("39:1", spec(), DATES, CONTEXT)
+        events = [[{"timestamp": "2021-10-28T23:30:00+02:00", "properties": {"n": i}}] for i in range(90)]
+        outcomes = await pool.call("39:1", "process_event", events, 5.0)
+        assert all(o.ok for o in outcomes), outcomes[0]
+        assert {o.value["properties"]["day"] for o in outcomes} == {"2021-10-28"}
+        assert {o.value["properties"]["price"] for o in outcomes} == {"3.30"}
+        # the batch was spread: every sandbox loaded the module lazily
+        assert all("39:1" in s.loaded for s in pool.sandboxes), cycle
+        await pool.stop()
+        assert all(s.exited.is_set() for s in pool.sandboxes) or not pool.sandboxes
+
+
+async def test_6_3_56_await_past_the_deadline_times_out() -> None:
+    pool = SandboxPool(1, HostServices())
+    await pool.start()
+    try:
+        source = """
+import asyncio
+
+async def process_event(event, meta):
+    for _ in range(4):
+        await asyncio.sleep(0.8)
+    event["properties"]["passed"] = True
+    return event
+"""
+        pool.register("39:1", spec(timeout=1), source, CONTEXT)
+        started = time.monotonic()
+        [outcome] = await pool.call("39:1", "process_event", [[{"properties": {}}]], 1.0)
+        elapsed = time.monotonic() - started
+        assert not outcome.ok and outcome.error is not None
+        assert outcome.error["name"] == "TimeoutError"
+        assert outcome.error["message"] == "Script execution timed out after promise waited for 1 second"
+        assert 1.0 <= elapsed < 4.0
+        assert outcome.mutated_input is None  # nothing of a timed-out call leaks out (7.7.1)
+    finally:
+        await pool.stop()
+
+
+async def test_6_3_47_loops_time_out_with_the_loop_message() -> None:
+    pool = SandboxPool(1, HostServices())
+    await pool.start()
+    try:
+        source = """
+def process_event(event, meta):
+    i = 0
+    while True:
+        i += 1
+
+def on_event(event, meta):
+    for i in iter(int, 1):  # an endless iterator in a for loop
+        pass
+"""
+        pool.register("39:1", spec(timeout=1), source, CONTEXT)
+        for method in ("process_event", "on_event"):
+            started = time.monotonic()
+            [outcome] = await pool.call("39:1", method, [[{"properties": {}}]], 1.0)
+            assert outcome.error is not None
+            assert outcome.error["message"] == "Script execution timed out after looping for 1 second"
+            assert time.monotonic() - started >= 1.0
+    finally:
+        await pool.stop()
+
+
+async def test_host_service_channel_is_generic() -> None:
+    services = HostServices()
+    seen: list[tuple[int, str]] = []
+
+    async def shout(context: PluginContext, text: str) -> str:
+        seen.append((context.plugin_config_id, text))
+        return text.upper()
+
+    services.register("shout", shout)
+    pool = SandboxPool(1, services)
+    await pool.start()
+    try:
+        source = """
+async def process_event(event, meta):
+    event["loud"] = await meta._request("shout", ["hi"])
+    try:
+        await meta.geoip.locate("1.2.3.4")
+    except Exception as exc:
+        event["geoip"] = [type(exc).__name__, str(exc)]
+    return event
+"""
+        pool.register("39:1", spec(), source, CONTEXT)
+        [outcome] = await pool.call("39:1", "process_event", [[{}]], 5.0)
+        assert outcome.value == {
+            "loud": "HI",
+            "geoip": [
+                "ServiceNotFound",
+                "IP location capabilities are not available in this PostHog instance!",
+            ],
+        }
+        assert seen == [(39, "hi")]
+    finally:
+        await pool.stop()
+
+
+async def test_calls_run_concurrently_up_to_tasks_per_worker() -> None:
+    pool = SandboxPool(1, HostServices(), tasks_per_worker=10)
+    await pool.start()
+    try:
+        source = """
+import asyncio
+
+async def process_event(event, meta):
+    await asyncio.sleep(0.3)
+    return event
+"""
+        pool.register("39:1", spec(), source, CONTEXT)
+        started = time.monotonic()
+        outcomes = await pool.call("39:1", "process_event", [[{"n": i}] for i in range(20)], 5.0)
+        elapsed = time.monotonic() - started
+        assert all(o.ok for o in outcomes)
+        # 20 calls, 10 at a time, 0.3 s each: two waves
+        assert 0.6 <= elapsed < 1.5
+    finally:
+        await pool.stop()
+
+
+async def test_sandbox_crash_fails_calls_and_is_replaced() -> None:
+    pool = SandboxPool(1, HostServices())
+    await pool.start()
+    try:
+        pool.register("39:1", spec(), "def process_event(event, meta):\n    return event\n", CONTEXT)
+        sandbox = pool.sandboxes[0]
+        sandbox.abandon("gone")
+        await asyncio.sleep(0)
+        [outcome] = await pool.call("39:1", "process_event", [[{"a": 1}]], 5.0)
+        assert outcome.ok and outcome.value == {"a": 1}
+        assert pool.replaced == 1 and pool.sandboxes[0] is not sandbox
+    finally:
+        await pool.stop()
