@@ -20,9 +20,9 @@ class Ingestor(Protocol):
 class StagedIngestor[PreparedT](Protocol):
     """An `Ingestor` in two stages, so a consumer can overlap batches: `prepare` of the next batch
     may run while `commit` of the current one is in progress. `prepare` runs the plugins and works
-    out every event's effects, leaving nothing durable; `commit` makes them durable (saved or
-    dead-lettered) and must be called in batch order, one batch at a time. `ingest(batch)` is
-    `commit(await prepare(batch))`."""
+    out every event's effects without saving any of them (lookups such as group types may be
+    registered); `commit` makes them durable (saved or dead-lettered) and must be called in batch
+    order, one batch at a time. `ingest(batch)` is `commit(await prepare(batch))`."""
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]: ...
 

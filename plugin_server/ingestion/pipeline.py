@@ -153,7 +153,7 @@ class PostgresIngestor:
         return await self.commit(await self.prepare(batch))
 
     async def prepare(self, batch: Sequence[IncomingEvent]) -> PreparedBatch:
-        """Plugins and preparation: nothing is written (a consumer may run this for the next batch
+        """Plugins and preparation: no event is saved (a consumer may run this for the next batch
         while the previous one commits)."""
         started = time.perf_counter()
         outcomes = [Outcome.INGESTED] * len(batch)

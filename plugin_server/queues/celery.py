@@ -9,9 +9,10 @@ instance. So a crash can make at most one batch (INGESTION_BATCH_SIZE messages) 
 instance be ingested twice.
 
 With a two-stage ingestor (`StagedIngestor`, the Postgres pipeline) the next batch is taken,
-parsed and prepared while the current one commits: both are in the processing list, the oldest
-at its right end. A batch starts committing only after the one before it was acknowledged (trimmed
-off the right end), so the duplicate bound stays one batch.
+parsed and prepared while the current one commits, and the one after it is being moved into the
+processing list; all are there, the oldest at its right end. A batch starts committing only
+after the one before it was acknowledged (trimmed off the right end), so the duplicate bound
+stays one batch.
 """
 
 from __future__ import annotations
