@@ -75,6 +75,8 @@ async def run(total: int, batch_size: int, users: int) -> None:
     warm = [_event(f"user-{u}", now, u) for u in range(users)]
     for start in range(0, len(warm), batch_size):
         await ingestor.ingest(warm[start : start + batch_size])
+    # Planner statistics, as autovacuum keeps them on a live database.
+    await pool.execute("ANALYZE")
     batches = [
         [_event(f"user-{(b * batch_size + i) % users}", now, i) for i in range(batch_size)]
         for b in range(total // batch_size)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
 
@@ -14,6 +14,21 @@ class Ingestor(Protocol):
     Raising means an infrastructure failure: the consumer keeps the batch and retries."""
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]: ...
+
+
+@runtime_checkable
+class StagedIngestor[PreparedT](Protocol):
+    """An `Ingestor` in two stages, so a consumer can overlap batches: `prepare` of the next batch
+    may run while `commit` of the current one is in progress. `prepare` runs the plugins and works
+    out every event's effects without saving any of them (lookups such as group types may be
+    registered); `commit` makes them durable (saved or dead-lettered) and must be called in batch
+    order, one batch at a time. `ingest(batch)` is `commit(await prepare(batch))`."""
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]: ...
+
+    async def prepare(self, batch: Sequence[IncomingEvent]) -> PreparedT: ...
+
+    async def commit(self, prepared: PreparedT) -> list[Outcome]: ...
 
 
 class EventPluginRunner(Protocol):

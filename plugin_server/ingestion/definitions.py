@@ -50,6 +50,8 @@ class DefinitionStore:
         if event_name not in self._event_names[team_id]:
             new.events.setdefault((team_id, event_name), None)
         known = self._property_names[team_id]
+        if properties.keys() <= known:  # the usual case, checked in one set operation
+            return
         for key, value in properties.items():
             if key not in known and (team_id, key) not in new.properties:
                 new.properties[(team_id, key)] = is_numerical(value)

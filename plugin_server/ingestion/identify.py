@@ -80,24 +80,30 @@ async def alias(
         return
     old = await fetch_person(conn, team_id, previous)
     new = await fetch_person(conn, team_id, current)
+    current_person: Person | None = None  # `current`'s person when known without asking again
     if old is not None and new is not None:
         if old.id != new.id:
             if identify and old.is_identified:
                 log.warning(
                     "identify_refused_merge", team_id=team_id, distinct_id=current, previous=str(previous)
                 )
+                current_person = new
             else:
                 await merge_people(conn, new, current, old, previous, identify, merge_attempts)
+        else:
+            current_person = new
     else:
         try:
             with outbox.savepoint():
                 async with conn.transaction():
                     if old is not None:
                         await add_distinct_id(conn, old, current)
+                        current_person = old
                     elif new is not None:
                         await add_distinct_id(conn, new, previous)
+                        current_person = new
                     else:
-                        await create_person(
+                        current_person = await create_person(
                             conn,
                             created_at=datetime.now(UTC),
                             properties={},
@@ -109,13 +115,18 @@ async def alias(
         except asyncpg.PostgresError:
             if not retry_if_failed:
                 raise
+            current_person = None
             await alias(conn, team_id, previous, current, identify, retry_if_failed=False)
     if identify:
-        await set_is_identified(conn, team_id, current)
+        await set_is_identified(conn, team_id, current, current_person)
 
 
-async def set_is_identified(conn: asyncpg.Connection, team_id: int, distinct_id: str) -> None:
-    person = await fetch_person(conn, team_id, distinct_id)
+async def set_is_identified(
+    conn: asyncpg.Connection, team_id: int, distinct_id: str, person: Person | None = None
+) -> None:
+    """Mark `distinct_id`'s person identified; `person` is that person when the caller knows it."""
+    if person is None:
+        person = await fetch_person(conn, team_id, distinct_id)
     if person is None:
         raise LookupError(
             f'Could not find person with distinct id "{distinct_id}" in team "{team_id}" to identify'

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -27,6 +28,7 @@ from plugin_server.ingestion.persons import (
     emitted_person,
     fetch_persons,
     known_distinct_ids,
+    person_ids,
 )
 from plugin_server.ingestion.prepare import PreparedEvent, new_person_uuid
 from plugin_server.logs import get_logger
@@ -94,16 +96,32 @@ async def _run_alias(conn: asyncpg.Connection, item: PreparedEvent, known: set[t
             known.add((team_id, js_string(previous)))
 
 
+@dataclass(slots=True)
+class _PersonProperties:
+    """What a property update reads and writes of a person (Postgres mode)."""
+
+    id: int
+    properties: dict[str, Any]
+
+
 async def _load_persons(
     conn: asyncpg.Connection, keys: set[tuple[int, str]]
-) -> dict[tuple[int, str], Person]:
+) -> dict[tuple[int, str], Person | _PersonProperties]:
     by_team: dict[int, list[str]] = {}
     for team_id, distinct_id in keys:
         by_team.setdefault(team_id, []).append(distinct_id)
-    loaded: dict[tuple[int, str], Person] = {}
+    loaded: dict[tuple[int, str], Person | _PersonProperties] = {}
     for team_id, distinct_ids in by_team.items():
-        for distinct_id, person in (await fetch_persons(conn, team_id, distinct_ids)).items():
-            loaded[(team_id, distinct_id)] = person
+        if outbox.active():  # Kafka mode sends the whole person after each update
+            for distinct_id, person in (await fetch_persons(conn, team_id, distinct_ids)).items():
+                loaded[(team_id, distinct_id)] = person
+            continue
+        for distinct_id, person_id, properties in await conn.fetch(
+            queries.SELECT_PERSON_PROPERTIES_BY_DISTINCT_IDS, team_id, distinct_ids
+        ):
+            loaded[(team_id, distinct_id)] = _PersonProperties(
+                person_id, properties if isinstance(properties, dict) else {}
+            )
     return loaded
 
 
@@ -124,30 +142,75 @@ async def apply_person_changes(
     cached = {key for key in keys if key in seen}
     known = await known_distinct_ids(conn, [key for key in keys if key not in cached])
     known |= cached
+    untouched: Sequence[PreparedEvent] = []
+    if not outbox.active() and any(item.identify is not None for item in items):
+        # Persons no alias of this batch can reach are changed all at once, first; only the
+        # events of the others need to wait for the aliases before them.
+        untouched, items = await _split_by_aliases(conn, items)
+        await _apply_segment(conn, untouched, known, result)
     for segment in _segments(items):
         if segment[0].identify is not None:
             await _run_alias(conn, segment[0], known)
-        new_persons = []
-        for item in segment:
-            if item.person_key not in known:
-                new_persons.append(
-                    (item.person_created_at, item.team.id, new_person_uuid(), item.distinct_id)
-                )
-                known.add(item.person_key)
-            result.seen.add(item.person_key)
-        await _create_new_persons(conn, new_persons)
-        updates = [item for item in segment if item.set_props is not None]
-        if updates:
-            await _apply_property_updates(conn, updates, result)
+        await _apply_segment(conn, segment, known, result)
     return result
+
+
+async def _apply_segment(
+    conn: asyncpg.Connection,
+    segment: Sequence[PreparedEvent],
+    known: set[tuple[int, str]],
+    result: PersonChanges,
+) -> None:
+    """Persons for the segment's new distinct ids, then its property updates in event order."""
+    new_persons = []
+    for item in segment:
+        if item.person_key not in known:
+            new_persons.append((item.person_created_at, item.team.id, new_person_uuid(), item.distinct_id))
+            known.add(item.person_key)
+        result.seen.add(item.person_key)
+    await _create_new_persons(conn, new_persons)
+    updates = [item for item in segment if item.set_props is not None]
+    if updates:
+        await _apply_property_updates(conn, updates, result)
+
+
+async def _split_by_aliases(
+    conn: asyncpg.Connection, items: Sequence[PreparedEvent]
+) -> tuple[list[PreparedEvent], list[PreparedEvent]]:
+    """(events no alias of the batch can affect, the rest), each in batch order.
+
+    An alias links or merges only the persons its two distinct ids have when it runs; those are
+    persons the batch's alias ids had at its start, or persons made for alias ids during it. So
+    an event whose distinct id is not an alias id, and whose person (if it has one) is no alias
+    id's person at the start, keeps the same person however its changes and the aliases are
+    interleaved: its changes can all be made before the aliases."""
+    alias_keys: set[tuple[int, str]] = set()
+    for item in items:
+        if item.identify is not None:
+            alias_keys.add(item.person_key)
+            previous = item.identify[0]
+            if previous is not None:
+                alias_keys.add((item.team.id, js_string(previous)))
+    keys = list(dict.fromkeys(item.person_key for item in items) | dict.fromkeys(alias_keys))
+    person_of = await person_ids(conn, keys)
+    reached = {person_of[key] for key in alias_keys if key in person_of}
+    untouched: list[PreparedEvent] = []
+    rest: list[PreparedEvent] = []
+    for item in items:
+        key = item.person_key
+        if key in alias_keys or person_of.get(key) in reached:
+            rest.append(item)
+        else:
+            untouched.append(item)
+    return untouched, rest
 
 
 async def _apply_property_updates(
     conn: asyncpg.Connection, updates: list[PreparedEvent], result: PersonChanges
 ) -> None:
-    persons = await _load_persons(conn, {item.person_key for item in updates})
-    by_id: dict[int, Person] = {}  # two distinct ids of one person share one object
-    persons = {key: by_id.setdefault(person.id, person) for key, person in persons.items()}
+    loaded = await _load_persons(conn, {item.person_key for item in updates})
+    by_id: dict[int, Person | _PersonProperties] = {}  # two distinct ids of one person share one object
+    persons = {key: by_id.setdefault(person.id, person) for key, person in loaded.items()}
     original = {person.id: person.properties for person in persons.values()}
     for item in updates:
         person = persons.get(item.person_key)
@@ -160,7 +223,7 @@ async def _apply_property_updates(
         person.properties = apply_property_updates(
             person.properties, item.set_props or {}, item.set_once_props or {}
         )
-        if outbox.active():
+        if isinstance(person, Person):
             # Kafka mode: the person's state after each `$set` event, even when nothing changed
             # (the original wrote and sent it every time).
             outbox.emit(emitted_person(person))

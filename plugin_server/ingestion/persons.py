@@ -106,6 +106,14 @@ async def known_distinct_ids(
     return {(r["team_id"], r["distinct_id"]) for r in records}
 
 
+async def person_ids(conn: asyncpg.Connection, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """The person id of each key that has a person (one query)."""
+    if not keys:
+        return {}
+    records = await conn.fetch(queries.SELECT_PERSON_IDS, [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["team_id"], r["distinct_id"]): r["person_id"] for r in records}
+
+
 def _as_text(distinct_id: Any) -> str | None:
     # Postgres compared non-string ids as text in the original; a missing id stays NULL (and fails).
     return None if distinct_id is None else js_string(distinct_id)

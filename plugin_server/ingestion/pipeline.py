@@ -4,6 +4,7 @@ reason and the rest of the batch is saved; only infrastructure failures raise.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,23 @@ class _Failure:
     error: BaseException
 
 
+# Events prepared between two yields to the event loop, so that the previous batch's database
+# round trips go on while the next batch is prepared.
+_PREPARE_SLICE = 16
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch after the plugins and preparation, before anything of it is written."""
+
+    batch: Sequence[IncomingEvent]
+    events: list[PluginEvent | None]
+    prepared: list[PreparedEvent]
+    failures: list[_Failure]
+    outcomes: list[Outcome]
+    seconds: float  # spent preparing
+
+
 class PostgresIngestor:
     """`Ingestor` for Postgres mode (KAFKA_ENABLED=false). `start` loads the action cache when it is
     the ingestor's own (a shared one is loaded by `ActionCacheRefresh`); `stop` lets fired hooks finish."""
@@ -132,16 +150,27 @@ class PostgresIngestor:
         await self.hooks.stop()
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        return await self.commit(await self.prepare(batch))
+
+    async def prepare(self, batch: Sequence[IncomingEvent]) -> PreparedBatch:
+        """Plugins and preparation: no event is saved (a consumer may run this for the next batch
+        while the previous one commits)."""
         started = time.perf_counter()
         outcomes = [Outcome.INGESTED] * len(batch)
         events = await self._run_plugins(batch, outcomes)
         failures: list[_Failure] = []
         prepared = await self._prepare(events, failures)
+        return PreparedBatch(batch, events, prepared, failures, outcomes, time.perf_counter() - started)
+
+    async def commit(self, staged: PreparedBatch) -> list[Outcome]:
+        """Write a prepared batch; batches must be committed in order, one at a time."""
+        started = time.perf_counter()
+        batch, events, prepared, outcomes = staged.batch, staged.events, staged.prepared, staged.outcomes
         # Dead-letter what failed before writing: should that fail, nothing of the batch is saved
         # yet and a retry of the batch makes no duplicates.
-        await self._dead_letter_all(batch, events, failures, outcomes)
+        await self._dead_letter_all(batch, events, staged.failures, outcomes)
         if prepared:
-            failures = []
+            failures: list[_Failure] = []
             await self._write(prepared, failures)
             await self._dead_letter_all(batch, events, failures, outcomes)
         for item in prepared:
@@ -153,7 +182,7 @@ class PostgresIngestor:
         for outcome in Outcome:
             if count := outcomes.count(outcome):
                 EVENTS_INGESTED.labels(outcome.value).inc(count)
-        BATCH_SECONDS.observe(time.perf_counter() - started)
+        BATCH_SECONDS.observe(staged.seconds + time.perf_counter() - started)
         return outcomes
 
     # -- steps
@@ -187,6 +216,8 @@ class PostgresIngestor:
         for position, event in enumerate(events):
             if event is None:
                 continue
+            if position % _PREPARE_SLICE == _PREPARE_SLICE - 1:
+                await asyncio.sleep(0)
             team_id = team_id_of(event)
             try:
                 item = prepare_event(

@@ -53,17 +53,22 @@ def sanitize_event_name(name: Any) -> str:
     return utf16_cut(name, EVENT_NAME_LIMIT)
 
 
+_INITIAL_NAMES = tuple((key, f"$initial_{key.removeprefix('$')}") for key in INITIAL_KEYS)
+_CAMPAIGN_INITIAL_NAMES = tuple((key, f"$initial_{key.removeprefix('$')}") for key in CAMPAIGN_KEYS)
+
+
 def with_initial_and_campaign(properties: dict[str, Any]) -> dict[str, Any]:
     """A copy with campaign values in `$set` and first-touch values in `$set_once` as `$initial_*`."""
-    campaign = {k: properties[k] for k in CAMPAIGN_KEYS if k in properties}
-    initial = {k: properties[k] for k in INITIAL_KEYS if k in properties}
-    if not campaign and not initial:
-        return dict(properties)
     result = dict(properties)
+    initial = [(name, properties[key]) for key, name in _INITIAL_NAMES if key in properties]
+    campaign = [(key, name) for key, name in _CAMPAIGN_INITIAL_NAMES if key in properties]
+    if not campaign and not initial:
+        return result
     if campaign:
-        result["$set"] = {**(properties.get("$set") or {}), **campaign}
+        result["$set"] = {**(properties.get("$set") or {}), **{key: properties[key] for key, _ in campaign}}
     set_once = dict(properties.get("$set_once") or {})
-    for key, value in (*initial.items(), *campaign.items()):
-        set_once[f"$initial_{key[1:] if key.startswith('$') else key}"] = value
+    set_once.update(initial)
+    for key, name in campaign:
+        set_once[name] = properties[key]
     result["$set_once"] = set_once
     return result

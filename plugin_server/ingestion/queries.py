@@ -21,11 +21,33 @@ WHERE posthog_person.team_id = $1
   AND posthog_persondistinctid.team_id = $1
 """
 SELECT_PERSON = _PERSONS_WITH_DISTINCT_ID + "AND posthog_persondistinctid.distinct_id = $2 LIMIT 1"
-SELECT_PERSONS_BY_DISTINCT_IDS = (
-    _PERSONS_WITH_DISTINCT_ID + "AND posthog_persondistinctid.distinct_id = ANY($2::text[])"
-)
+# A join with the id list, not `= ANY($2)`: in a prepared statement's generic plan Postgres
+# tests ANY against a parameter array element by element, for every row it scans.
+SELECT_PERSONS_BY_DISTINCT_IDS = f"""
+SELECT {PERSON_COLUMNS},
+       posthog_persondistinctid.team_id AS persondistinctid__team_id,
+       posthog_persondistinctid.distinct_id AS persondistinctid__distinct_id
+FROM unnest($2::text[]) AS wanted(distinct_id)
+JOIN posthog_persondistinctid ON posthog_persondistinctid.team_id = $1
+     AND posthog_persondistinctid.distinct_id = wanted.distinct_id
+JOIN posthog_person ON posthog_person.id = posthog_persondistinctid.person_id
+WHERE posthog_person.team_id = $1
+"""
+# Only what a `$set`/`$set_once` update needs (Postgres mode: no copy of the person is sent anywhere).
+SELECT_PERSON_PROPERTIES_BY_DISTINCT_IDS = """
+SELECT posthog_persondistinctid.distinct_id, posthog_person.id, posthog_person.properties
+FROM unnest($2::text[]) AS wanted(distinct_id)
+JOIN posthog_persondistinctid ON posthog_persondistinctid.team_id = $1
+     AND posthog_persondistinctid.distinct_id = wanted.distinct_id
+JOIN posthog_person ON posthog_person.id = posthog_persondistinctid.person_id
+WHERE posthog_person.team_id = $1
+"""
 SELECT_KNOWN_DISTINCT_IDS = """
 SELECT team_id, distinct_id FROM posthog_persondistinctid
+WHERE (team_id, distinct_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))
+"""
+SELECT_PERSON_IDS = """
+SELECT team_id, distinct_id, person_id FROM posthog_persondistinctid
 WHERE (team_id, distinct_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))
 """
 INSERT_PERSON = """

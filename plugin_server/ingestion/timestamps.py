@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -62,11 +63,22 @@ def _match_to_ms(m: re.Match[str]) -> int | None:
     return ms
 
 
+# The texts parsed are few per request (`now`, `sent_at` are shared by a request's events), so
+# parsed values of texts of a sensible length are cached; the parsers are pure.
+_CACHED_TEXTS = 4096
+_CACHED_LENGTH = 64
+
+
 def parse_iso(value: Any) -> int | None:
     """Strict ISO-8601 (luxon `fromISO`); no offset means UTC. None when invalid."""
     if not isinstance(value, str):
         return None
-    m = _STRICT_ISO.match(value)
+    return _parse_strict(value) if len(value) <= _CACHED_LENGTH else _parse_strict.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _parse_strict(text: str) -> int | None:
+    m = _STRICT_ISO.match(text)
     return _match_to_ms(m) if m else None
 
 
@@ -78,6 +90,13 @@ def parse_lenient(value: Any) -> int | None:
         return int(value) if value == value and abs(value) <= 8.64e15 else None
     if not isinstance(value, str):
         return None
+    if len(value) > _CACHED_LENGTH:
+        return _parse_lenient_text.__wrapped__(value)
+    return _parse_lenient_text(value)
+
+
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
+def _parse_lenient_text(value: str) -> int | None:
     text = value.strip()
     m = _LENIENT_ISO.match(text)
     if m:
@@ -91,6 +110,7 @@ def parse_lenient(value: Any) -> int | None:
     return (dt - EPOCH) // timedelta(milliseconds=1)
 
 
+@functools.lru_cache(maxsize=_CACHED_TEXTS)
 def to_datetime(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 

@@ -2,11 +2,17 @@
 hands them to the ingestor (events) and the plugin job queue (jobs), losing none.
 
 Delivery is at least once. A batch is moved atomically from the queue into this instance's
-processing list, and deleted from there only after the ingestor returned (its effects are
+processing list, and removed from there only after the ingestor returned (its effects are
 durable). Each instance keeps a heartbeat key with a TTL; the processing list of an instance whose
 heartbeat has expired (it crashed or hung) is moved back to the head of the queue by any live
 instance. So a crash can make at most one batch (INGESTION_BATCH_SIZE messages) per crashed
 instance be ingested twice.
+
+With a two-stage ingestor (`StagedIngestor`, the Postgres pipeline) the next batch is taken,
+parsed and prepared while the current one commits, and the one after it is being moved into the
+processing list; all are there, the oldest at its right end. A batch starts committing only
+after the one before it was acknowledged (trimmed off the right end), so the duplicate bound
+stays one batch.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from plugin_server.ingestion.api import Ingestor
+from plugin_server.ingestion.api import Ingestor, StagedIngestor
 from plugin_server.ingestion.dead_letter import DeadLetterQueue
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.logs import get_logger
@@ -108,6 +114,34 @@ return moved
 """
 
 
+# Move up to ARGV[1] messages from the queue's head onto the processing list (a batch is in flight
+# there already) and return only those moved, oldest first.
+_TAKE_MORE = """
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+    local message = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+    if not message then break end
+    taken[i] = message
+end
+return taken
+"""
+
+# Acknowledge the oldest batch: drop the ARGV[1] messages at the processing list's right end, if
+# they are the batch's (oldest ARGV[2], newest ARGV[3]). Returns 0, touching nothing, if not
+# (another instance gave the list back meanwhile): the caller then removes the batch by value.
+_ACK_OLDEST = """
+local n = tonumber(ARGV[1])
+if redis.call('LINDEX', KEYS[1], -1) == ARGV[2] and redis.call('LINDEX', KEYS[1], -n) == ARGV[3] then
+    redis.call('LTRIM', KEYS[1], 0, -n - 1)
+    return 1
+end
+return 0
+"""
+
+# Messages parsed between two yields to the event loop (so a batch committing meanwhile goes on).
+_PARSE_SLICE = 25
+
+
 class CeleryKeys:
     """The Redis keys of one queue's consumers (all but the queue itself belong to this service)."""
 
@@ -176,7 +210,14 @@ class CeleryConsumer:
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._block_seconds = min(BLOCK_SECONDS, socket_timeout / 2) if socket_timeout else BLOCK_SECONDS
         self._take_batch = redis.register_script(_TAKE_BATCH)
+        self._take_more = redis.register_script(_TAKE_MORE)
+        self._ack_oldest = redis.register_script(_ACK_OLDEST)
         self._give_back = redis.register_script(_GIVE_BACK)
+        self._staged: StagedIngestor[Any] | None = ingestor if isinstance(ingestor, StagedIngestor) else None
+        # Staged ingestor: the task committing and acknowledging the oldest batch in flight, and
+        # the one moving the batch after the next into the processing list.
+        self._committing: asyncio.Task[None] | None = None
+        self._take_ahead_task: asyncio.Task[list[bytes]] | None = None
         self._stop_requested = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -204,27 +245,41 @@ class CeleryConsumer:
         backoff = _Backoff()
         try:
             while not self._stop_requested.is_set():
-                if not self._resumed.is_set():
-                    await self._wait_for(self._resumed)
-                    continue
                 try:
-                    batch = await self._take()
-                    if not batch:
-                        await self._wait_for_messages()
+                    if not self._resumed.is_set():
+                        await self._finish_commit()
+                        await self._wait_for(self._resumed)
+                        continue
+                    if self._staged is not None:
+                        await self._step_overlapped(self._staged)
                     else:
-                        await self._process(batch)
+                        await self._step()
                     backoff.reset()
                     self._last_error = None
                 except (RedisError, OSError) as exc:
                     self._note_failure("redis", exc)
+                    await self._settle_commit()
                     await self._sleep(backoff.next_delay())
                 except Exception as exc:
                     # The ingestor or the dead-letter store failed (infrastructure): the batch stays
                     # in the processing list and is retried.
                     self._note_failure("ingest", exc)
+                    await self._settle_commit()
                     await self._sleep(backoff.next_delay())
         finally:
-            self._loop_done.set()
+            try:
+                # Stop: the batch committing finishes and is acknowledged; those only taken (not
+                # prepared) stay in the processing list and are given back.
+                await self._settle_commit()
+            finally:
+                self._loop_done.set()
+
+    async def _step(self) -> None:
+        batch = await self._take()
+        if not batch:
+            await self._wait_for_messages()
+        else:
+            await self._process(batch)
 
     async def stop(self) -> None:
         """Stop taking batches, let the one in flight finish, and give back anything not done."""
@@ -295,12 +350,124 @@ class CeleryConsumer:
     async def _acknowledge(self) -> None:
         await self._redis.delete(self._processing)
 
+    async def _acknowledge_oldest(self, messages: Sequence[bytes]) -> None:
+        """Remove the oldest batch in flight (these messages, oldest first) from the processing list."""
+        if not messages:
+            return
+        if await self._ack_oldest(keys=[self._processing], args=[len(messages), messages[0], messages[-1]]):
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for raw in messages:
+                pipe.lrem(self._processing, -1, cast(str, raw))
+            await pipe.execute()
+
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: Sequence[bytes]) -> None:
         started = time.perf_counter()
+        events, settled = await self._sort(batch)
+        if settled and events:
+            await self._remove(settled)
+        if events:
+            assert self._ingestor is not None
+            outcomes = await self._ingestor.ingest(events)
+            self._count(outcomes)
+        await self._acknowledge()
+        self.batches_done += 1
+        BATCHES.observe(time.perf_counter() - started)
+
+    async def _step_overlapped(self, ingestor: StagedIngestor[Any]) -> None:
+        """Take and prepare the next batch while the one before commits; then commit it in turn."""
+        ahead = self._committing is not None
+        if ahead:
+            batch = await self._taken_ahead()
+        else:
+            await self._drop_take_ahead()  # what it took is in the processing list, taken whole now
+            batch = await self._take()
+        if not batch:
+            if ahead:
+                await self._finish_commit()
+            else:
+                await self._wait_for_messages()
+            return
+        if self._stop_requested.is_set() and ahead:
+            return  # taken but not begun: given back at stop
+        if len(batch) >= self._batch_size:
+            # More are likely waiting: Redis moves the next batch while this one is worked on.
+            self._take_ahead_task = asyncio.create_task(self._take_ahead(), name="celery-take-ahead")
+        started = time.perf_counter()
+        events, settled = await self._sort(batch)
+        if settled:
+            await self._remove(settled)
+        if not events:
+            return
+        prepared = await ingestor.prepare(events)
+        await self._finish_commit()  # raises if the batch before failed: this one is then retried
+        self._committing = asyncio.create_task(
+            self._commit(ingestor, prepared, [e.raw for e in events], started), name="celery-commit"
+        )
+
+    async def _commit(
+        self, ingestor: StagedIngestor[Any], prepared: Any, messages: list[Any], started: float
+    ) -> None:
+        outcomes = await ingestor.commit(prepared)
+        self._count(outcomes)
+        await self._acknowledge_oldest(messages)
+        self.batches_done += 1
+        BATCHES.observe(time.perf_counter() - started)
+
+    async def _finish_commit(self) -> None:
+        """Wait for the batch committing (if any); re-raises its failure."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            await task
+
+    async def _settle_commit(self) -> None:
+        """After a failure or at stop: let the batch committing end, noting (not raising) a failure,
+        so the next take starts again from the whole processing list."""
+        try:
+            await self._finish_commit()
+        except (RedisError, OSError) as exc:
+            self._note_failure("redis", exc)
+        except Exception as exc:
+            self._note_failure("ingest", exc)
+        await self._drop_take_ahead()
+
+    async def _taken_ahead(self) -> list[bytes]:
+        task, self._take_ahead_task = self._take_ahead_task, None
+        return await task if task is not None else await self._take_ahead()
+
+    async def _drop_take_ahead(self) -> None:
+        """Wait for a take ahead and forget its result: its messages stay in the processing list."""
+        task, self._take_ahead_task = self._take_ahead_task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _take_ahead(self) -> list[bytes]:
+        items: list[bytes] = await self._take_more(
+            keys=[self.keys.queue, self._processing], args=[self._batch_size]
+        )
+        return items
+
+    async def _remove(self, settled: Sequence[bytes]) -> None:
+        # Should ingestion fail and the batch be retried, these are not dead-lettered or enqueued twice.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for raw in settled:
+                pipe.lrem(self._processing, 1, cast(str, raw))
+            await pipe.execute()
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        if self._on_events is not None:
+            self._on_events()
+        for outcome, count in collections.Counter(outcomes).items():
+            EVENTS.labels(outcome.value if isinstance(outcome, Outcome) else str(outcome)).inc(count)
+
+    async def _sort(self, batch: Sequence[bytes]) -> tuple[list[IncomingEvent], list[bytes]]:
+        """Events for the ingestor, and the messages settled here (jobs enqueued, bad ones dead-lettered)."""
         events: list[IncomingEvent] = []
         settled: list[bytes] = []  # done before the events: taken out of the batch at once
-        for raw in batch:
+        for index, raw in enumerate(batch):
+            if index % _PARSE_SLICE == _PARSE_SLICE - 1:
+                await asyncio.sleep(0)
             try:
                 task = parse_celery_message(raw)
                 if task.name == PROCESS_EVENT_TASK and self._ingestor is not None:
@@ -314,22 +481,7 @@ class CeleryConsumer:
             except CeleryMessageError as exc:
                 await self._reject(raw, exc)
             settled.append(raw)
-        if settled and events:
-            # Should ingestion fail and the batch be retried, these are not dead-lettered or enqueued twice.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for raw in settled:
-                    pipe.lrem(self._processing, 1, cast(str, raw))
-                await pipe.execute()
-        if events:
-            assert self._ingestor is not None
-            outcomes = await self._ingestor.ingest(events)
-            if self._on_events is not None:
-                self._on_events()
-            for outcome, count in collections.Counter(outcomes).items():
-                EVENTS.labels(outcome.value if isinstance(outcome, Outcome) else str(outcome)).inc(count)
-        await self._acknowledge()
-        self.batches_done += 1
-        BATCHES.observe(time.perf_counter() - started)
+        return events, settled
 
     async def _reject(self, raw: bytes, exc: CeleryMessageError) -> None:
         MALFORMED.labels(exc.reason).inc()

@@ -10,7 +10,7 @@ from plugin_server.context import AppContext
 from plugin_server.ingestion.actions import ACTIONS
 from plugin_server.ingestion.api import NoPlugins
 from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
-from plugin_server.ingestion.pipeline import PostgresIngestor
+from plugin_server.ingestion.pipeline import PostgresIngestor, PreparedBatch
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.queues.celery import CeleryConsumer
 from plugin_server.services.jobs import EnqueuedJob, JobQueueManager
@@ -48,9 +48,18 @@ class PostgresIngestion:
             await self._ingestor.stop()
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        return await self._started().ingest(batch)
+
+    async def prepare(self, batch: Sequence[IncomingEvent]) -> PreparedBatch:
+        return await self._started().prepare(batch)
+
+    async def commit(self, prepared: PreparedBatch) -> list[Outcome]:
+        return await self._started().commit(prepared)
+
+    def _started(self) -> PostgresIngestor:
         if self._ingestor is None:
             raise RuntimeError("the ingestion pipeline is not started")
-        return await self._ingestor.ingest(batch)
+        return self._ingestor
 
 
 class PublishedJobQueue:

@@ -4,6 +4,7 @@ dead-lettered (with its reason), and that the rest of the batch is always saved.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import EVENTS_FAILED, PostgresIngestor
 from plugin_server.ingestion.types import Outcome
-from tests.factories import TEAM_ID
+from tests.factories import TEAM_ID, create_team
 from tests.ingestion.conftest import (
     dead_letter_rows,
     distinct_ids_of,
@@ -297,6 +298,58 @@ async def test_2_1_dropped_events_and_plugin_view(pg: asyncpg.Pool, settings, de
     assert plugins.ingested[1]["properties"] == {"$elements": elements}
     assert [e["event"] for e in await events(pg)] == ["$autocapture"]
     await ingestor.stop()
+
+
+async def _person_state(pg: asyncpg.Pool, team_id: int) -> list[tuple[list[str], Any, bool]]:
+    rows = await pg.fetch(
+        """SELECT p.properties, p.is_identified, array_agg(d.distinct_id ORDER BY d.distinct_id) AS ids
+           FROM posthog_person p JOIN posthog_persondistinctid d ON d.person_id = p.id
+           WHERE p.team_id = $1 GROUP BY p.id""",
+        team_id,
+    )
+    return sorted((list(r["ids"]), r["properties"], r["is_identified"]) for r in rows)
+
+
+async def test_a_batch_with_aliases_changes_persons_as_one_event_at_a_time(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """Persons no alias of the batch reaches are changed before the aliases run; the rest in
+    order around them. Same batch, same start, two teams: all at once vs one event at a time."""
+    other_team = TEAM_ID + 1
+    await create_team(pg, other_team, ingested_event=True)
+    for team_id in (TEAM_ID, other_team):
+        await make_person(pg, ["u1", "u1-phone"], {"plan": "free"}, team_id=team_id)  # reached via u1
+        await make_person(pg, ["u2"], {"plan": "pro", "seats": 5}, team_id=team_id)  # merged into u1's
+        await make_person(pg, ["bystander"], {"n": 0}, team_id=team_id)  # never reached
+
+    def batch(team_id: int) -> list[dict[str, Any]]:
+        return [
+            make_event("e", "bystander", {"$set": {"n": 1}}, team_id=team_id),
+            make_event("e", "u1-phone", {"$set": {"plan": "trial", "phone": True}}, team_id=team_id),
+            make_event("e", "anon-1", {"$set_once": {"first": "anon"}}, team_id=team_id),
+            make_event("$identify", "u1", {"$anon_distinct_id": "anon-1"}, team_id=team_id),
+            make_event("e", "newbie", {"$set": {"fresh": 1}}, team_id=team_id),
+            make_event("$create_alias", "u1", {"alias": "u2", "$set": {"plan": "team"}}, team_id=team_id),
+            make_event("e", "u2", {"$set_once": {"plan": "ignored", "via": "u2"}}, team_id=team_id),
+            make_event("e", "u1-phone", {"$set_once": {"seats": 1}}, team_id=team_id),
+            make_event("e", "bystander", {"$set": {"n": 2}, "$set_once": {"n": 9, "m": 1}}, team_id=team_id),
+            make_event("e", "newbie", {"$set_once": {"fresh": 9, "later": 2}}, team_id=team_id),
+        ]
+
+    assert await ingest(ingestor, *batch(TEAM_ID)) == [Outcome.INGESTED] * 10
+    for event in batch(other_team):
+        assert await ingest(ingestor, event) == [Outcome.INGESTED]
+    together, one_by_one = await _person_state(pg, TEAM_ID), await _person_state(pg, other_team)
+    assert together == one_by_one
+    assert together == [
+        (
+            ["anon-1", "u1", "u1-phone", "u2"],
+            {"plan": "team", "seats": 5, "phone": True, "first": "anon", "via": "u2"},
+            True,
+        ),
+        (["bystander"], {"n": 2, "m": 1}, False),
+        (["newbie"], {"fresh": 1, "later": 2}, False),
+    ]
 
 
 async def test_person_updates_in_one_batch_apply_in_order(

@@ -391,3 +391,146 @@ async def test_plugin_job_without_a_job_queue_is_dead_lettered(
     row = await pg.fetchrow("SELECT stage, team_id, event FROM plugin_server_dead_letter")
     assert row["stage"] == "celery_plugin_job" and row["team_id"] == 2
     assert row["event"]["payload"] == {"x": 1, "$operation": "start"}
+
+
+class StagedRecordingIngestor:
+    """A two-stage ingestor (as the Postgres pipeline): records what each stage saw, including the
+    processing list at the start of each commit; commits can be held at a gate or made to fail."""
+
+    def __init__(self, redis: aioredis.Redis, processing: str) -> None:
+        self._redis = redis
+        self._processing = processing
+        self.prepared: list[list[int]] = []
+        self.committed: list[list[int]] = []
+        self.in_flight_at_commit: list[list[int]] = []
+        self.failures_left = 0
+        self.gate: asyncio.Event | None = None
+        self.committing = asyncio.Event()
+
+    async def prepare(self, batch: Sequence[IncomingEvent]) -> list[IncomingEvent]:
+        self.prepared.append([e.event["properties"]["seq"] for e in batch])
+        return list(batch)
+
+    async def commit(self, batch: list[IncomingEvent]) -> list[Outcome]:
+        raws = await self._redis.lrange(self._processing, 0, -1)
+        # what is not acknowledged yet
+        self.in_flight_at_commit.append(sorted(json_seq(raw) for raw in raws if raw != b"garbage"))
+        self.committing.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures_left:
+            self.failures_left -= 1
+            raise ConnectionError("database unavailable")
+        self.committed.append([e.event["properties"]["seq"] for e in batch])
+        return [Outcome.INGESTED] * len(batch)
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        return await self.commit(await self.prepare(batch))
+
+    @property
+    def seqs(self) -> list[int]:
+        return [seq for batch in self.committed for seq in batch]
+
+
+def json_seq(raw: bytes) -> int:
+    from plugin_server.queues.celery_format import event_from_task, parse_celery_message
+
+    seq: int = event_from_task(parse_celery_message(raw), raw).event["properties"]["seq"]
+    return seq
+
+
+def staged(redis: aioredis.Redis, instance_id: str) -> StagedRecordingIngestor:
+    return StagedRecordingIngestor(redis, KEYS.processing(instance_id))
+
+
+async def test_staged_ingestor_next_batch_is_prepared_while_the_current_one_commits(
+    redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
+) -> None:
+    await push(redis, [event_message(i) for i in range(10)])
+    ingestor = staged(redis, "overlap")
+    ingestor.gate = asyncio.Event()
+    consumer = make_consumer(ingestor=ingestor, batch_size=3, instance_id="overlap")
+    async with consuming(consumer):
+        await asyncio.wait_for(ingestor.committing.wait(), 5)
+        await wait_until(lambda: len(ingestor.prepared) == 2)
+        await asyncio.sleep(0.1)
+        # batch 2 is taken and prepared and batch 3 taken, all in the processing list; no more
+        assert ingestor.prepared == [[0, 1, 2], [3, 4, 5]] and ingestor.committed == []
+        assert await redis.llen(KEYS.processing("overlap")) == 9
+        assert await redis.llen(QUEUE) == 1
+        ingestor.gate.set()
+        await wait_until(lambda: len(ingestor.seqs) == 10)
+    assert ingestor.committed == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    # each commit began once the batches before it were acknowledged: the oldest message still
+    # in the processing list then was the batch's own first one
+    for batch, in_flight in zip(ingestor.committed, ingestor.in_flight_at_commit, strict=True):
+        assert set(batch) <= set(in_flight) and min(in_flight) == batch[0]
+    assert await redis.exists(KEYS.processing("overlap")) == 0
+    assert await redis.llen(QUEUE) == 0
+
+
+async def test_staged_ingestor_a_failed_commit_is_retried_with_the_batch_prepared_after_it(
+    redis: aioredis.Redis, pg: asyncpg.Pool, make_consumer: Callable[..., CeleryConsumer]
+) -> None:
+    await push(redis, [event_message(0), event_message(1), b"garbage", event_message(2), event_message(3)])
+    ingestor = staged(redis, "retry")
+    ingestor.failures_left = 1
+    ingestor.gate = asyncio.Event()
+    consumer = make_consumer(ingestor=ingestor, batch_size=2, instance_id="retry")
+    async with consuming(consumer):
+        await wait_until(lambda: len(ingestor.prepared) == 2)
+        ingestor.gate.set()  # the first commit fails; the batch prepared meanwhile is not committed
+        await wait_until(lambda: len(ingestor.seqs) == 4)
+    # nothing committed twice, nothing out of order; the retry took everything in flight at once
+    assert ingestor.committed == [[0, 1, 2, 3]]
+    assert await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter") == 1
+    assert await redis.exists(KEYS.processing("retry")) == 0
+    assert await redis.llen(QUEUE) == 0
+
+
+async def test_staged_ingestor_stop_commits_the_prepared_batch_and_gives_back_the_rest(
+    redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
+) -> None:
+    await push(redis, [event_message(i) for i in range(10)])
+    ingestor = staged(redis, "stopping")
+    ingestor.gate = asyncio.Event()
+    consumer = make_consumer(ingestor=ingestor, batch_size=3, instance_id="stopping")
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    await wait_until(lambda: len(ingestor.prepared) == 2)
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waits for the batches in flight
+    ingestor.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    await asyncio.wait_for(task, 5)
+    assert ingestor.committed == [[0, 1, 2], [3, 4, 5]]
+    assert await redis.exists(KEYS.processing("stopping")) == 0
+    follower = RecordingIngestor()
+    async with consuming(make_consumer(ingestor=follower)):
+        await wait_until(lambda: follower.seqs == [6, 7, 8, 9])
+
+
+async def test_staged_ingestor_acknowledges_by_value_when_its_list_was_given_back(
+    redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
+) -> None:
+    # The instance stalled past its heartbeat: another gave its processing list back to the queue
+    # while a batch was committing. Acknowledging must then not trim messages of another batch.
+    await push(redis, [event_message(i) for i in range(4)])
+    ingestor = staged(redis, "stalled")
+    ingestor.gate = asyncio.Event()
+    consumer = make_consumer(ingestor=ingestor, batch_size=2, instance_id="stalled")
+    async with consuming(consumer):
+        await wait_until(lambda: len(ingestor.prepared) == 2)
+        # [3, 2] and [1, 0] in flight: the oldest batch's messages go back to the queue
+        moved = [await redis.rpoplpush(KEYS.processing("stalled"), QUEUE) for _ in range(2)]
+        assert [json_seq(m) for m in moved] == [0, 1]
+        await redis.lpush(KEYS.processing("stalled"), event_message(99))  # something newer
+        ingestor.gate.set()
+        await wait_until(lambda: 3 in ingestor.seqs)
+        consumer.pause()
+    left = sorted(json_seq(m) for m in await redis.lrange(KEYS.processing("stalled"), 0, -1))
+    queued = sorted(json_seq(m) for m in await redis.lrange(QUEUE, 0, -1))
+    # the newer message was not trimmed away with a batch: it was ingested, or given back at stop
+    assert left == []
+    assert {0, 1, 2, 3, 99} <= set(ingestor.seqs) | set(queued)
