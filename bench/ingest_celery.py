@@ -159,6 +159,50 @@ async def _drop_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
+PYTHON_PLUGIN = """# posthog-plugin: python
+def process_event(event, meta):
+    event["properties"]["bench_py_{n}"] = True
+    return event
+"""
+JS_PLUGIN = """function processEvent(event) {{
+    event.properties.bench_js_{n} = true
+    return event
+}}
+"""
+
+
+async def _install_plugins(url: str, python_plugins: int, js_plugins: int) -> list[str]:
+    """Enable a chain of trivial processEvent plugins for the team; returns the marks they set."""
+    sources = [("py", PYTHON_PLUGIN.format(n=n)) for n in range(python_plugins)]
+    sources += [("js", JS_PLUGIN.format(n=n)) for n in range(js_plugins)]
+    conn = await asyncpg.connect(url)
+    try:
+        org = await conn.fetchval("SELECT organization_id FROM posthog_team WHERE id = $1", TEAM_ID)
+        for order, (kind, source) in enumerate(sources):
+            plugin_id = await conn.fetchval(
+                "INSERT INTO posthog_plugin (organization_id, plugin_type, name, source, config_schema, "
+                "capabilities, from_json, from_web, is_global, is_preinstalled, updated_at) "
+                "VALUES ($1, 'source', $2, $3, '{}', '{}', false, false, false, false, now()) RETURNING id",
+                org,
+                f"bench-{kind}-{order}",
+                source,
+            )
+            await conn.execute(
+                'INSERT INTO posthog_pluginconfig (team_id, plugin_id, enabled, "order", config) '
+                "VALUES ($1, $2, true, $3, '{}')",
+                TEAM_ID,
+                plugin_id,
+                order,
+            )
+    finally:
+        await conn.close()
+    return [
+        f"bench_{kind}_{n}"
+        for kind, count in (("py", python_plugins), ("js", js_plugins))
+        for n in range(count)
+    ]
+
+
 @contextlib.contextmanager
 def _server(env: dict[str, str], profile_to: Path | None) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "plugin_server"]
@@ -242,6 +286,7 @@ async def _wait_for_rows(pg: asyncpg.Connection, expected: int, within: float) -
 async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[str, float]:
     db_name = f"bench_celery_{os.getpid()}_{name}"
     url = await _create_database(args.postgres, db_name)
+    marks = await _install_plugins(url, args.python_plugins, args.js_plugins)
     redis = aioredis.Redis.from_url(args.redis)
     pg = await asyncpg.connect(url)
     try:
@@ -279,6 +324,10 @@ async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[
             process.wait(timeout=60)
         dead = await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter")
         persons = await pg.fetchval("SELECT count(*) FROM posthog_person")
+        for mark in marks:  # every plugin of the chain really ran on the stored events
+            marked = await pg.fetchval("SELECT count(*) FROM posthog_event WHERE properties ? $1", mark)
+            if marked < count:
+                raise RuntimeError(f"only {marked} of {count} events carry {mark}")
     finally:
         await pg.close()
         await redis.aclose()
@@ -287,7 +336,10 @@ async def run_scenario(name: str, count: int, args: argparse.Namespace) -> dict[
         f"persons {persons}, dead letters {dead}; server CPU {server_cpu / count * 1e6:.0f} µs/event,"
         f" whole machine busy {machine_busy / elapsed:.2f} of {os.cpu_count()} cores"
     )
-    return _report(f"celery->postgres {name}", count, elapsed, note)
+    chain = f" +{args.python_plugins} py" * bool(args.python_plugins) + f" +{args.js_plugins} js" * bool(
+        args.js_plugins
+    )
+    return _report(f"celery->postgres {name}{chain}", count, elapsed, note)
 
 
 class _DiscardingIngestor:
@@ -361,6 +413,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--profile", default=None, help="directory for cProfile output of the server")
+    parser.add_argument(
+        "--python-plugins", type=int, default=0, help="chain this many trivial Python processEvent plugins"
+    )
+    parser.add_argument(
+        "--js-plugins", type=int, default=0, help="chain this many trivial JS processEvent plugins"
+    )
     return parser.parse_args(argv)
 
 
