@@ -8,6 +8,7 @@ Entry points for other services: `reload()`, `configs()`, `schedule()`, `run_sch
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -267,8 +268,10 @@ class PluginRunner:
             "process_event", [[current[i]] for i in indexes], self.settings.task_timeout
         )
         errors: list[tuple[dict[str, Any], Any]] = []
+        # Counted per call, not per event: `labels` costs more than the rest of the loop.
+        results: collections.Counter[str] = collections.Counter()
         for index, outcome in zip(indexes, outcomes, strict=True):
-            PLUGIN_CALLS.labels("process_event", _result_label(outcome)).inc()
+            results[_result_label(outcome)] += 1
             team_id = originals[index].get("team_id")
             if outcome.ok:
                 value = outcome.value
@@ -294,6 +297,8 @@ class PluginRunner:
                     outcome.mutated_input["team_id"] = team_id
                     current[index] = outcome.mutated_input
                 errors.append((outcome.error or {}, current[index]))
+        for result, count in results.items():
+            PLUGIN_CALLS.labels("process_event", result).inc(count)
         if errors:
             self._spawn(self._record_errors(config, errors))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from aiokafka.errors import ConsumerStoppedError
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
-from plugin_server.ingestion.api import Ingestor
+from plugin_server.ingestion.api import Ingestor, StagedIngestor
 from plugin_server.ingestion.js import js_string
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
 from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
@@ -39,6 +40,7 @@ log = get_logger(__name__)
 
 GROUP_ID = "clickhouse-ingestion"
 MAX_BACKOFF_SECONDS = 30.0
+_ONE_BY_ONE = object()  # a batch whose preparation failed: its events are ingested one at a time
 
 BATCHES = Counter(
     "plugin_server_kafka_batches_total",
@@ -167,6 +169,7 @@ class KafkaIngestionConsumer:
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
+        self._staged: StagedIngestor[Any] | None = ingestor if isinstance(ingestor, StagedIngestor) else None
         self._producer = producer
         self._dead_letters = dead_letters
         self._instance_id = instance_id
@@ -262,47 +265,56 @@ class KafkaIngestionConsumer:
             batch = {tp: list(messages) for tp, messages in fetched.items() if messages and tp in assigned}
             if not batch:
                 return
-            with BATCH_SECONDS.time():
-                try:
-                    await self._ingest_batch(batch)
-                    await self._producer.send_batched()
-                except Exception as exc:
-                    # Infrastructure: read the same messages again after a pause.
-                    self._rewind(batch)
-                    await self._settle_previous()
-                    await self._back_off("Kafka batch failed; it will be read again", exc)
-                    return
-                # While the broker acknowledges this batch's output and its offsets are
-                # committed, the next batch is already being ingested; it is committed only
-                # after this one.
-                if not await self._settle_previous():
-                    self._rewind(batch)
-                    self._rewind(self._failed_batch)  # earlier offsets win on shared partitions
-                    return
-                self._pending = (asyncio.create_task(self._confirm_and_commit(batch)), batch)
+            started = time.perf_counter()
+            try:
+                events = await self._parse(batch)
+                prepared = await self._prepare(events)
+            except Exception as exc:
+                # Infrastructure: read the same messages again after a pause.
+                self._rewind(batch)
+                await self._settle_previous()
+                await self._back_off("Kafka batch failed; it will be read again", exc)
+                return
+            # This batch was prepared (plugins included) while the one before was written, its
+            # output acknowledged and its offsets committed; it is written only after that.
+            if not await self._settle_previous():
+                self._rewind(batch)
+                self._rewind(self._failed_batch)  # earlier offsets win on shared partitions
+                return
+            task = asyncio.create_task(self._write_and_confirm(batch, events, prepared, started))
+            self._pending = (task, batch)
 
     async def _settle_previous(self) -> bool:
-        """Wait for the previous batch's confirmation; False (and it is rewound) if its output
-        was not acknowledged."""
+        """Wait for the previous batch to be written and confirmed; False (and it is rewound) if
+        writing it failed or its output was not acknowledged."""
         pending, self._pending = self._pending, None
         if pending is None:
             return True
         task, batch = pending
+        failure: BaseException | None = None
         try:
             confirmed = await task
-        except Exception as exc:
-            log.error("Kafka batch confirmation failed", error=repr(exc), exc_info=exc)
-            confirmed = False
+        except Exception as exc:  # writing it failed (infrastructure): read it again
+            failure, confirmed = exc, False
         if confirmed:
             self._backoff = 0
             self._failed_batch = {}
             return True
         self._failed_batch = batch
         self._rewind(batch)
-        await self._back_off("Kafka output not acknowledged; the batch will be read again", None)
+        await self._back_off(
+            "Kafka batch not written or its output not acknowledged; it will be read again", failure
+        )
         return False
 
-    async def _confirm_and_commit(self, batch: Mapping[Any, list[Any]]) -> bool:
+    async def _write_and_confirm(
+        self, batch: Mapping[Any, list[Any]], events: list[IncomingEvent], prepared: Any, started: float
+    ) -> bool:
+        """Write a prepared batch, then wait for its output to be acknowledged and commit its
+        offsets; batches go through here one at a time, in order. Raises on an infrastructure
+        failure (the batch is then read again)."""
+        await self._write(events, prepared)
+        await self._producer.send_batched()
         try:
             await self._producer.flush()
         except Exception as exc:
@@ -311,6 +323,7 @@ class KafkaIngestionConsumer:
         if await self._commit(batch):
             self.messages_committed += sum(map(len, batch.values()))
         BATCHES.labels("committed").inc()
+        BATCH_SECONDS.observe(time.perf_counter() - started)
         if self._on_batch is not None:
             self._on_batch()
         return True
@@ -322,7 +335,8 @@ class KafkaIngestionConsumer:
         log.error(message, error=repr(exc) if exc else None, retry_in_s=delay, exc_info=exc)
         await self._sleep(delay)
 
-    async def _ingest_batch(self, batch: Mapping[Any, list[Any]]) -> None:
+    async def _parse(self, batch: Mapping[Any, list[Any]]) -> list[IncomingEvent]:
+        """The batch's events; a message that is not one is dead-lettered."""
         events: list[IncomingEvent] = []
         for messages in batch.values():
             MESSAGES.inc(len(messages))
@@ -332,18 +346,41 @@ class KafkaIngestionConsumer:
                 except InvalidMessage as exc:
                     await self._dead_letters.add_unparsable(message.value, exc, exc.envelope)
         self.events_seen += len(events)
-        if not events:
-            return
+        return events
+
+    async def _prepare(self, events: list[IncomingEvent]) -> Any:
+        """The batch prepared for `_write` (for a two-stage ingestor: plugins run, effects worked
+        out, nothing saved); `_ONE_BY_ONE` when that failed for a reason of the events'."""
+        if self._staged is None or not events:
+            return events
         try:
             async with asyncio.timeout(self._batch_timeout):
-                await self._ingestor.ingest(events)
-            return
+                return await self._staged.prepare(events)
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise
             log.warning(
                 "Kafka batch failed; retrying its events one by one", events=len(events), error=repr(exc)
             )
+            return _ONE_BY_ONE
+
+    async def _write(self, events: list[IncomingEvent], prepared: Any) -> None:
+        if not events:
+            return
+        if prepared is not _ONE_BY_ONE:
+            try:
+                async with asyncio.timeout(self._batch_timeout):
+                    if self._staged is None:
+                        await self._ingestor.ingest(events)
+                    else:
+                        await self._staged.commit(prepared)
+                return
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                log.warning(
+                    "Kafka batch failed; retrying its events one by one", events=len(events), error=repr(exc)
+                )
         for event in events:
             await self._ingest_alone(event)
 

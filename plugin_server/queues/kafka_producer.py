@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
@@ -337,3 +337,26 @@ class BatchingProducer:
                 await self._send(self._cut())
             except Exception as exc:  # the next flush() reports delivery failures
                 log.warning("periodic Kafka flush failed", error=repr(exc))
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of a key (the Java client's `Utils.murmur2`), equal to aiokafka's
+    pure-Python one at about half its cost: the 4-byte words are read in one `struct` call."""
+    mask, m = 0xFFFFFFFF, 0x5BD1E995
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = length & ~3
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h = ((h ^ data[tail]) * m) & mask
+    h = ((h ^ (h >> 13)) * m) & mask
+    return h ^ (h >> 15)

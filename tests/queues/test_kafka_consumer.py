@@ -116,7 +116,7 @@ class Rig:
         await start_group_at_beginning(self.bootstrap, self.group, self.input, self.partitions)
 
     async def add_member(
-        self, output_bootstrap: str | None = None
+        self, output_bootstrap: str | None = None, *, staged: bool = False
     ) -> tuple[KafkaIngestionConsumer, CopyingIngestor]:
         producer = BatchingProducer(
             AIOKafkaProducer(
@@ -129,7 +129,7 @@ class Rig:
             flush_frequency_ms=500,
         )
         await producer.start()
-        ingestor = CopyingIngestor(producer, self.output)
+        ingestor = (StagedCopyingIngestor if staged else CopyingIngestor)(producer, self.output)
         consumer = KafkaIngestionConsumer(
             self.settings,
             ingestor,
@@ -326,3 +326,64 @@ async def test_offsets_are_not_committed_while_the_output_is_not_acknowledged(ri
     assert consumer.messages_committed == 50
     assert await committed(rig.bootstrap, rig.group, rig.input, rig.partitions) == 50
     assert consumer.events_seen > 100  # the unacknowledged batch was read again
+
+
+class StagedCopyingIngestor(CopyingIngestor):
+    """A two-stage `CopyingIngestor`: `prepare` checks the events (the plugin step), `commit`
+    produces them after a pause; notes when each stage of each batch ran."""
+
+    def __init__(self, producer: BatchingProducer, topic: str) -> None:
+        super().__init__(producer, topic)
+        self.committing: list[str] | None = None  # first uuid of the batch being committed
+        self.prepared_during_commit = 0
+        self.commit_order: list[str] = []
+
+    async def prepare(self, batch: Sequence[IncomingEvent]) -> list[IncomingEvent]:
+        await asyncio.sleep(0.01)  # as plugins do: the batch before goes on meanwhile
+        if self.committing is not None:
+            self.prepared_during_commit += 1
+        for incoming in batch:
+            if incoming.event["uuid"] in self.poison:
+                raise ValueError(f"cannot ingest {incoming.event['uuid']}")
+        return list(batch)
+
+    async def commit(self, prepared: list[IncomingEvent]) -> list[Outcome]:
+        assert self.committing is None, "batches are committed one at a time"
+        self.committing = [e.event["uuid"] for e in prepared]
+        try:
+            await asyncio.sleep(0.05)
+            self.commit_order.extend(self.committing)
+            return await CopyingIngestor.ingest(self, prepared)
+        finally:
+            self.committing = None
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        return await self.commit(await self.prepare(batch))
+
+
+async def test_the_next_batch_is_prepared_while_one_commits_and_commits_stay_in_order(rig: Rig) -> None:
+    rig.settings = load_settings(
+        {"NODE_ENV": "test"},
+        database_url="postgres://unused/unused",
+        kafka_enabled=True,
+        kafka_hosts=rig.bootstrap,
+        kafka_consumption_topic=rig.input,
+        kafka_batch_timeout_seconds=1.0,
+        ingestion_batch_size=10,
+    )
+    uuids = [str(uuid.uuid4()) for _ in range(60)]
+    _consumer, ingestor = await rig.add_member(staged=True)
+    assert isinstance(ingestor, StagedCopyingIngestor)
+    ingestor.poison.add(uuids[33])
+    async with TopicTail(rig.bootstrap, [rig.output, TOPIC_DEAD_LETTER_QUEUE]) as tail:
+        await produce(rig.bootstrap, rig.input, [kafka_value(u) for u in uuids], key=b"same-partition")
+        out = await tail.read(rig.output, 59, within=30)
+        [dead] = await tail.read(TOPIC_DEAD_LETTER_QUEUE, 1, within=30)
+    expected = [u for u in uuids if u != uuids[33]]
+    assert [m.value.decode() for m in out] == expected  # one partition: in order, each once
+    assert ingestor.commit_order == expected
+    assert ingestor.prepared_during_commit > 0
+    assert json.loads(dead.value)["event_uuid"] == uuids[33]
+    async with asyncio.timeout(10):
+        while await committed(rig.bootstrap, rig.group, rig.input, rig.partitions) < len(uuids):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)

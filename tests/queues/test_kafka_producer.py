@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2 as client_murmur2
 
 from plugin_server.queues.kafka_producer import (
     BatchingProducer,
@@ -14,6 +16,7 @@ from plugin_server.queues.kafka_producer import (
     KafkaMessage,
     MessageTooLarge,
     ProducerRecord,
+    murmur2,
 )
 from tests.kafka_broker import tansu_broker
 from tests.kafka_topics import TopicTail
@@ -212,3 +215,11 @@ async def test_flush_raises_when_the_broker_does_not_acknowledge() -> None:
         await wrapper.flush()  # a failure is reported once
     finally:
         await wrapper.stop()
+
+
+def test_keys_are_partitioned_as_the_kafka_clients_do() -> None:
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF  # the Java client's own test value
+    keys = [str(uuid.uuid4()).encode() for _ in range(200)]
+    draw = random.Random(7)
+    keys += [draw.randbytes(n) for n in range(80) for _ in range(5)]
+    assert [murmur2(k) for k in keys] == [client_murmur2(k) for k in keys]
