@@ -3,6 +3,7 @@ buffer, posthog.capture coming back as an event, meta.geoip.locate, fetch."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from plugin_server.config import Settings
-from tests.integration.conftest import QUEUE, celery_event, storage, wait_until
+from tests.integration.conftest import QUEUE, celery_event, service, storage, wait_until
 from tests.plugins.conftest import add_python_plugin
 from tests.services.http_server import local_server
 
@@ -171,3 +172,37 @@ async def test_export_retry_error_is_retried_through_the_job_queue(
         assert await wait_until(exported, 20) == {"exported-1": '"custom event"'}
     assert await redis.get("@plugin/60/2/attempts") == b"2"
     assert await pg.fetchval("SELECT error FROM posthog_pluginconfig WHERE id = 39") is None
+
+
+async def test_plugin_metrics_reach_the_metrics_service_and_are_captured(
+    pg: asyncpg.Pool, team: int, redis: aioredis.Redis, settings: Settings, run_server: Any
+) -> None:
+    await add_python_plugin(
+        pg,
+        """
+        metrics = {"seen": "sum", "biggest": "max"}
+
+        def process_event(event, meta):
+            meta.metrics["seen"].increment(1)
+            meta.metrics["biggest"].max(event["properties"]["seq"])
+            return event
+        """,
+    )
+    async with run_server(settings) as server:
+        await redis.lpush(QUEUE, *(celery_event(seq) for seq in range(3)))
+        await wait_until(lambda: _equals(event_count(pg), 3))
+        metrics_service = service(server, "plugin-metrics")
+        await wait_until(lambda: _value(metrics_service.current(39) == {"seen": 3, "biggest": 2}))
+        # the flush captures $$plugin_metrics back onto the Celery list, as posthog.capture does
+        await metrics_service.flush()
+        await wait_until(
+            lambda: pg.fetchval("SELECT count(*) = 1 FROM posthog_event WHERE event = '$$plugin_metrics'")
+        )
+    row = await pg.fetchrow("SELECT properties FROM posthog_event WHERE event = '$$plugin_metrics'")
+    properties = row["properties"] if isinstance(row["properties"], dict) else json.loads(row["properties"])
+    assert properties["seen"] == 3 and properties["biggest"] == 2
+    assert properties["plugin_id"] == 60
+
+
+async def _value(value: Any) -> Any:
+    return value
