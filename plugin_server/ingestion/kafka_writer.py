@@ -7,6 +7,7 @@ produced once it commits, after the persons' own messages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -35,9 +36,13 @@ class KafkaEventWriter:
         self._max_message_bytes = max_message_bytes
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[PreparedEvent]) -> None:
+        # A batch's events share their `created_at` (the wall clock) and often their timestamps.
+        ch_times: dict[datetime, str] = {}
+        iso_times: dict[datetime, str] = {}
         for item in items:
+            if (timestamp := ch_times.get(item.timestamp)) is None:
+                timestamp = ch_times[item.timestamp] = clickhouse_time(item.timestamp)
             if item.is_snapshot:
-                timestamp = clickhouse_time(item.timestamp)
                 record = session_recording_record(
                     uuid=item.uuid,
                     team_id=item.team.id,
@@ -49,14 +54,16 @@ class KafkaEventWriter:
             else:
                 if item.name == GROUP_IDENTIFY_EVENT:
                     await self._write_group(item)
+                if (created_at := iso_times.get(item.created_at)) is None:
+                    created_at = iso_times[item.created_at] = iso_time(item.created_at)
                 record = event_record(
                     uuid=item.uuid,
                     event=item.name,
                     properties=item.properties_json,
-                    timestamp=clickhouse_time(item.timestamp),
+                    timestamp=timestamp,
                     team_id=item.team.id,
                     distinct_id=item.distinct_id,
-                    created_at=iso_time(item.created_at),
+                    created_at=created_at,
                     elements_chain=elements_to_chain(item.elements) if item.elements else "",
                 )
             outbox.emit(self._fitting(record, item))

@@ -212,6 +212,9 @@ async def _apply_property_updates(
     by_id: dict[int, Person | _PersonProperties] = {}  # two distinct ids of one person share one object
     persons = {key: by_id.setdefault(person.id, person) for key, person in loaded.items()}
     original = {person.id: person.properties for person in persons.values()}
+    # Kafka mode: a person's message is built again only when its properties changed (most
+    # `$set_once` events of a known person change nothing and resend the same state).
+    emitted: dict[int, tuple[dict[str, Any], Any]] = {}
     for item in updates:
         person = persons.get(item.person_key)
         if person is None:
@@ -226,8 +229,15 @@ async def _apply_property_updates(
         if isinstance(person, Person):
             # Kafka mode: the person's state after each `$set` event, even when nothing changed
             # (the original wrote and sent it every time).
-            outbox.emit(emitted_person(person))
-    changed = {p.id: p.properties for p in persons.values() if p.properties != original[p.id]}
+            last = emitted.get(person.id)
+            if last is None or last[0] is not person.properties:
+                last = emitted[person.id] = (person.properties, emitted_person(person))
+            outbox.emit(last[1])
+    changed = {
+        p.id: p.properties
+        for p in persons.values()
+        if p.properties is not original[p.id] and p.properties != original[p.id]
+    }
     if changed:
         await conn.executemany(
             queries.UPDATE_PERSON_PROPERTIES, [(props, pid) for pid, props in changed.items()]

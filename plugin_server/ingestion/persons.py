@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,21 +60,28 @@ class Person:
     properties: dict[str, Any]
     is_identified: bool
     uuid: str
-    row: dict[str, Any]  # every column of the fetch, as the REST hook payload shows it
+    record: Mapping[str, Any]  # every column of the fetch (JSON columns decoded by the pool's codec)
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The fetched columns as the REST hook payload shows them (built only when asked:
+        most persons are read for a property update only)."""
+        row = dict(self.record)
+        if "uuid" in row:
+            row["uuid"] = str(row["uuid"])
+        return row
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Person:
-        row = dict(record)  # JSON columns arrive decoded (the pool's codec)
-        properties = row["properties"] if isinstance(row["properties"], dict) else {}
-        row["uuid"] = str(row["uuid"])
+        properties = record["properties"]
         return cls(
-            id=row["id"],
-            created_at=row["created_at"],
-            team_id=row["team_id"],
-            properties=properties,
-            is_identified=row["is_identified"],
-            uuid=row["uuid"],
-            row=row,
+            id=record["id"],
+            created_at=record["created_at"],
+            team_id=record["team_id"],
+            properties=properties if isinstance(properties, dict) else {},
+            is_identified=record["is_identified"],
+            uuid=str(record["uuid"]),
+            record=record,
         )
 
 
@@ -201,13 +208,21 @@ async def add_distinct_id(conn: asyncpg.Connection, person: Person, distinct_id:
 def apply_property_updates(
     properties: dict[str, Any], set_props: dict[str, Any], set_once_props: dict[str, Any]
 ) -> dict[str, Any]:
-    """`$set_once` fills keys not present (even a stored null counts); `$set` overrides (§2.8.4)."""
-    updated = dict(properties)
+    """`$set_once` fills keys not present (even a stored null counts); `$set` overrides (§2.8.4).
+    Returns `properties` itself when nothing changes (callers may test identity), else a copy."""
+    updated: dict[str, Any] | None = None
     for key, value in set_once_props.items():
         if key not in properties:
+            if updated is None:
+                updated = dict(properties)
             updated[key] = value
     for key, value in set_props.items():
-        current = properties.get(key)
+        current = properties.get(key, _ABSENT)
         if isinstance(value, dict | list) or current != value or type(current) is not type(value):
+            if updated is None:
+                updated = dict(properties)
             updated[key] = value
-    return updated
+    return properties if updated is None else updated
+
+
+_ABSENT: Any = object()

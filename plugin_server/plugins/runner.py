@@ -235,19 +235,24 @@ class PluginRunner:
                     for c, idx in groups.items()
                 )
             )
+        deferred_of: dict[int, list[str]] = {}  # per chain (by identity), worked out once a batch
         for index, chain in enumerate(chains):
             processed = current[index]
             if processed is None or not chain:
                 continue
-            deferred = [
-                c.label for c in chain if c.has("on_event") or c.has("on_snapshot") or c.has("export_events")
-            ]
+            deferred = deferred_of.get(id(chain))
+            if deferred is None:
+                deferred = deferred_of[id(chain)] = [
+                    c.label
+                    for c in chain
+                    if c.has("on_event") or c.has("on_snapshot") or c.has("export_events")
+                ]
             ok, bad = succeeded.get(index, []), failed.get(index, [])
             if ok or bad or deferred:
                 properties = dict(processed.get("properties") or {})
                 properties["$plugins_succeeded"] = ok
                 properties["$plugins_failed"] = bad
-                properties["$plugins_deferred"] = deferred
+                properties["$plugins_deferred"] = list(deferred)
                 marked = current[index] = dict(processed)
                 marked["properties"] = properties
         return current
@@ -270,6 +275,7 @@ class PluginRunner:
         errors: list[tuple[dict[str, Any], Any]] = []
         # Counted per call, not per event: `labels` costs more than the rest of the loop.
         results: collections.Counter[str] = collections.Counter()
+        label = config.label
         for index, outcome in zip(indexes, outcomes, strict=True):
             results[_result_label(outcome)] += 1
             team_id = originals[index].get("team_id")
@@ -280,7 +286,7 @@ class PluginRunner:
                     continue
                 if value.get("team_id") != team_id:
                     value["team_id"] = team_id
-                    failed.setdefault(index, []).append(config.label)
+                    failed.setdefault(index, []).append(label)
                     error = {
                         "name": "IllegalOperationError",
                         "message": "Plugin tried to change event.team_id",
@@ -288,10 +294,10 @@ class PluginRunner:
                     }
                     errors.append((error, value))
                 else:
-                    succeeded.setdefault(index, []).append(config.label)
+                    succeeded.setdefault(index, []).append(label)
                 current[index] = value
             else:
-                failed.setdefault(index, []).append(config.label)
+                failed.setdefault(index, []).append(label)
                 if isinstance(outcome.mutated_input, dict):
                     # in-place changes made before the failure are kept, as in the original (3.2)
                     outcome.mutated_input["team_id"] = team_id

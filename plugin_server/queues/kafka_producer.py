@@ -163,13 +163,37 @@ class BatchingProducer:
         """Add a record to the batch, sending the batch when a limit is reached.
 
         Raises MessageTooLarge (queueing nothing) if a message exceeds what the broker takes."""
+        await self._add(record, self._admit(record))
+
+    async def queue_all(self, records: list[ProducerRecord]) -> list[tuple[ProducerRecord, MessageTooLarge]]:
+        """`queue` each record in order; a record with a message too large for the broker is
+        left out and returned with its error, the others are queued."""
+        refused: list[tuple[ProducerRecord, MessageTooLarge]] = []
+        for record in records:
+            try:
+                size = self._admit(record)
+            except MessageTooLarge as exc:
+                refused.append((record, exc))
+                continue
+            await self._add(record, size)
+        return refused
+
+    def _admit(self, record: ProducerRecord) -> int:
+        """The record's batch size; raises MessageTooLarge if one message can never be sent."""
+        size = 0
         for message in record.messages:
-            size = len(message.value or b"") + len(message.key or b"")
-            if size > self.max_message_bytes:
+            value, key = message.value, message.key
+            value_bytes = len(value) if value is not None else 0
+            message_bytes = value_bytes + (len(key) if key is not None else 0)
+            if message_bytes > self.max_message_bytes:
                 raise MessageTooLarge(
-                    f"Kafka message for {record.topic} has {size} bytes; at most {self.max_message_bytes} fit"
+                    f"Kafka message for {record.topic} has {message_bytes} bytes; "
+                    f"at most {self.max_message_bytes} fit"
                 )
-        size = record.size
+            size += value_bytes if value is not None else _NULL_VALUE_BYTES
+        return size
+
+    async def _add(self, record: ProducerRecord, size: int) -> None:
         if self.batch_bytes + size > self.max_batch_bytes:
             if size > self.max_batch_bytes:
                 # Too big for any batch: send what is batched, then this record on its own
@@ -178,11 +202,11 @@ class BatchingProducer:
                 await self._send([record])
             else:
                 # Cut before sending so records queued meanwhile go to the next batch, in order.
-                await self._send(self._cut(carry=record))
+                await self._send(self._cut(carry=record, carry_size=size))
             return
         self.batch.append(record)
         self.batch_bytes += size
-        if self._clock() - self.last_flush > self.flush_frequency_s or len(self.batch) >= self.max_queue_size:
+        if len(self.batch) >= self.max_queue_size or self._clock() - self.last_flush > self.flush_frequency_s:
             await self._send(self._cut())
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
@@ -207,14 +231,14 @@ class BatchingProducer:
             raise KafkaDeliveryError(f"{len(errors)} Kafka message(s) not delivered: {errors[0]!r}")
 
     # ------------------------------------------------------------------ internals
-    def _cut(self, carry: ProducerRecord | None = None) -> list[ProducerRecord]:
+    def _cut(self, carry: ProducerRecord | None = None, carry_size: int = 0) -> list[ProducerRecord]:
         records = self.batch
         if not records:
             if carry is not None:
-                self.batch, self.batch_bytes = [carry], carry.size
+                self.batch, self.batch_bytes = [carry], carry_size
             return []
         self.batch = [carry] if carry is not None else []
-        self.batch_bytes = carry.size if carry is not None else 0
+        self.batch_bytes = carry_size
         self.last_flush = self._clock()
         return records
 
@@ -254,7 +278,12 @@ class BatchingProducer:
                 self._record_failure(topic, exc, len(record.messages))
                 continue
             for message in record.messages:
-                partition = self._partition_for(message.key, partitions)
+                key = message.key
+                if key is None:
+                    self._spread = (self._spread + 1) % len(partitions)
+                    partition = partitions[self._spread]
+                else:
+                    partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
                 slot = (topic, partition)
                 entry = open_batches.get(slot)
                 if entry is None:
@@ -293,12 +322,6 @@ class BatchingProducer:
         partitions = sorted(await client.partitions_for(topic))
         self._partition_cache[topic] = (now, partitions)
         return partitions
-
-    def _partition_for(self, key: bytes | None, partitions: list[int]) -> int:
-        if key is None:
-            self._spread = (self._spread + 1) % len(partitions)
-            return partitions[self._spread]
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
     def _track(self, delivery: asyncio.Future[Any], topic: str, count: int) -> None:
         self._in_flight.add(delivery)
@@ -339,6 +362,9 @@ class BatchingProducer:
                 log.warning("periodic Kafka flush failed", error=repr(exc))
 
 
+_WORDS = [struct.Struct(f"<{n}I") for n in range(65)]  # keys are mostly uuids: 9 words
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 hash of a key (the Java client's `Utils.murmur2`), equal to aiokafka's
     pure-Python one at about half its cost: the 4-byte words are read in one `struct` call."""
@@ -346,7 +372,8 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = 0x9747B28C ^ length
     words = length // 4
-    for k in struct.unpack_from(f"<{words}I", data):
+    unpack = _WORDS[words].unpack_from if words < len(_WORDS) else struct.Struct(f"<{words}I").unpack_from
+    for k in unpack(data):
         k = (k * m) & mask
         k = ((k ^ (k >> 24)) * m) & mask
         h = ((h * m) & mask) ^ k

@@ -22,7 +22,7 @@ from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
 from plugin_server.queues.celery_service import PLUGIN_RUNNER
 from plugin_server.queues.kafka import KafkaIngestionConsumer
-from plugin_server.queues.kafka_producer import BatchingProducer, MessageTooLarge
+from plugin_server.queues.kafka_producer import BatchingProducer
 from plugin_server.supervisor import Service
 
 log = get_logger(__name__)
@@ -116,13 +116,10 @@ def kafka_mode_ingestor(
     transaction's outbox produced after COMMIT, failures to the Kafka dead letter queue."""
 
     async def publish(messages: list[Any]) -> None:
-        for record in messages:
-            try:
-                await producer.queue(record)
-            except MessageTooLarge as exc:
-                # Postgres has the write; only its ClickHouse copy cannot be carried.
-                OVERSIZED.inc()
-                log.error("message too large for Kafka not produced", topic=record.topic, error=str(exc))
+        for record, error in await producer.queue_all(messages):
+            # Postgres has the write; only its ClickHouse copy cannot be carried.
+            OVERSIZED.inc()
+            log.error("message too large for Kafka not produced", topic=record.topic, error=str(error))
 
     return PostgresIngestor(
         pool,

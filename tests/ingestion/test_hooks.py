@@ -40,7 +40,7 @@ def _person(properties: dict[str, Any]) -> Person:
         properties=properties,
         is_identified=False,
         uuid="u",
-        row={},
+        record={},
     )
 
 

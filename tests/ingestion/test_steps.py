@@ -139,6 +139,12 @@ def test_2_8_4_property_updates() -> None:
         stored, {"a": 1, "obj": {"x": 1}, "b": 2}, {"n": "once", "c": 3, "b": "once"}
     )
     assert updated == {"a": 1, "n": None, "obj": {"x": 1}, "b": 2, "c": 3}
+    assert stored == {"a": 1, "n": None, "obj": {"x": 1}}  # a copy was changed
+    # An absent key is `undefined` in the original: `undefined !== null`, so a null is set.
+    assert apply_property_updates({}, {"k": None}, {}) == {"k": None}
+    # Nothing to change: the same dict comes back (the Kafka writer reuses its message then).
+    unchanged = {"a": 1, "n": None}
+    assert apply_property_updates(unchanged, {"a": 1}, {"n": 2, "a": 3}) is unchanged
 
 
 def test_2_11_extraction_and_hash() -> None:
