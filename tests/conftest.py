@@ -17,7 +17,9 @@ import redis.asyncio as aioredis
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import create_pool
+from plugin_server.ingestion import kafka_messages as km
 from tests.kafka_broker import tansu_broker
+from tests.kafka_topics import ensure_topics
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_ROOT = f"postgres://postgres@{PG_HOST}:5432"
@@ -89,9 +91,24 @@ async def redis() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+# The topics the service produces to. Made with one partition before any test runs: a
+# topic the broker creates on first use gets several, and keyless messages (persons, distinct
+# ids) spread over them can then be read back out of the order they were produced in.
+OUTPUT_TOPICS = (
+    km.TOPIC_EVENTS,
+    km.TOPIC_SESSION_RECORDING_EVENTS,
+    km.TOPIC_PERSON,
+    km.TOPIC_PERSON_UNIQUE_ID,
+    km.TOPIC_GROUPS,
+    km.TOPIC_PLUGIN_LOG_ENTRIES,
+    km.TOPIC_DEAD_LETTER_QUEUE,
+)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     with tansu_broker() as bootstrap:
+        asyncio.run(ensure_topics(bootstrap, OUTPUT_TOPICS, partitions=1))
         yield bootstrap
 
 

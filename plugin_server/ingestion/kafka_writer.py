@@ -92,7 +92,9 @@ class KafkaEventWriter:
     def _fitting(self, record: Any, item: PreparedEvent) -> Any:
         """The record, or a dead letter for it when the broker would refuse it as too large
         (spec §5.2 #16 Recommendation), so one huge event cannot fail its whole batch."""
-        size = sum(len(m.value or b"") + len(m.key or b"") for m in record.messages)
+        size = 0
+        for message in record.messages:
+            size += len(message.value or b"") + len(message.key or b"")
         if size <= self._max_message_bytes:
             return record
         log.warning("event too large for Kafka; dead-lettered", uuid=item.uuid, bytes=size)

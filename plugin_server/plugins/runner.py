@@ -247,14 +247,17 @@ class PluginRunner:
                     for c in chain
                     if c.has("on_event") or c.has("on_snapshot") or c.has("export_events")
                 ]
-            ok, bad = succeeded.get(index, []), failed.get(index, [])
+            ok, bad = succeeded.get(index), failed.get(index)
             if ok or bad or deferred:
-                properties = dict(processed.get("properties") or {})
-                properties["$plugins_succeeded"] = ok
-                properties["$plugins_failed"] = bad
+                properties = processed.get("properties")
+                if processed is events[index] or not isinstance(properties, dict):
+                    # still the caller's event (no plugin returned a new one): mark a copy
+                    properties = dict(properties or {})
+                    processed = current[index] = dict(processed)
+                    processed["properties"] = properties
+                properties["$plugins_succeeded"] = ok or []
+                properties["$plugins_failed"] = bad or []
                 properties["$plugins_deferred"] = list(deferred)
-                marked = current[index] = dict(processed)
-                marked["properties"] = properties
         return current
 
     async def _run_process_event(
