@@ -199,14 +199,20 @@ def _is_within(path: str, roots: Iterable[str]) -> bool:
     return any(path == root or path.startswith(root + os.sep) for root in roots)
 
 
-def make_audit_hook(readable_roots: list[str]) -> Callable[[str, tuple[Any, ...]], None]:
+def make_audit_hook(
+    readable_roots: list[str], own_sockets: tuple[object, ...] = ()
+) -> Callable[[str, tuple[Any, ...]], None]:
     """Refuse dangerous events; allow reading files only below `readable_roots`.
 
-    `readable_roots` is a list the caller may extend later (a local plugin's directory)."""
+    `readable_roots` is a list the caller may extend later (a local plugin's directory).
+    `own_sockets` may still use `sendmsg`: asyncio writes a reply that does not fit the socket
+    buffer at once with it."""
     realpath = os.path.realpath
 
     def audit(event: str, args: tuple[Any, ...]) -> None:
         if event in FORBIDDEN_EVENTS:
+            if event == "socket.sendmsg" and any(args[0] is own for own in own_sockets):
+                return
             raise PermissionError(f"Plugins may not use {event}")
         if event == "open":
             path, mode = args[0], args[1]
@@ -243,9 +249,9 @@ def stdlib_roots() -> list[str]:
     return sorted(roots)
 
 
-def install(readable_roots: list[str]) -> None:
+def install(readable_roots: list[str], own_sockets: tuple[object, ...] = ()) -> None:
     sys.dont_write_bytecode = True
-    sys.addaudithook(make_audit_hook(readable_roots))
+    sys.addaudithook(make_audit_hook(readable_roots, own_sockets))
 
 
 def guarded_builtins(

@@ -74,7 +74,7 @@ class Guest:
 
     async def serve(self) -> None:
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        guard.install(self.readable_roots)
+        guard.install(self.readable_roots, own_sockets=(self.sock,))
         try:
             while True:
                 header = await reader.readexactly(protocol.HEADER.size)

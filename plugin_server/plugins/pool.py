@@ -14,6 +14,7 @@ import decimal  # noqa: F401
 import zoneinfo  # noqa: F401
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -101,6 +102,7 @@ class Sandbox:
         host_sock, guest_sock = socket.socketpair()
         self._interp = interpreters.create()
         fd = guest_sock.detach()
+        inode = os.fstat(fd).st_ino
         options = json.dumps(
             {"memory_limit_mb": self.pool.memory_limit_mb, "tasks_per_worker": self.pool.tasks_per_worker}
         )
@@ -109,7 +111,10 @@ class Sandbox:
             f"from sandbox.guest import main\nmain({fd}, {options!r})\n"
         )
         self._thread = threading.Thread(
-            target=self._run_interpreter, args=(bootstrap, fd), name=f"sandbox-{self.number}", daemon=True
+            target=self._run_interpreter,
+            args=(bootstrap, fd, inode),
+            name=f"sandbox-{self.number}",
+            daemon=True,
         )
         self._thread.start()
         reader, self._writer = await asyncio.open_connection(sock=host_sock)
@@ -117,15 +122,16 @@ class Sandbox:
         self.last_frame = time.monotonic()
         self._reader_task = asyncio.create_task(self._read(reader))
 
-    def _run_interpreter(self, bootstrap: str, fd: int) -> None:
+    def _run_interpreter(self, bootstrap: str, fd: int, inode: int) -> None:
         try:
             self._interp.exec(bootstrap)
         except Exception as exc:
             log.error("sandbox exited with an error", sandbox=self.number, error=str(exc)[-2000:])
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            # Close the guest's end unless the guest closed it already: by now its number may
+            # belong to another sandbox's socket, which must not be closed from here.
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_ino == inode:
+                    os.close(fd)
         finally:
             try:
                 self._interp.close()
@@ -406,8 +412,18 @@ class SandboxPool:
         task.add_done_callback(self._replacing.discard)
 
     async def _replace(self, old: Sandbox) -> None:
-        fresh = Sandbox(next(self._numbers), self)
-        await fresh.start()
+        delay = 0.5
+        while True:
+            fresh = Sandbox(next(self._numbers), self)
+            try:
+                await fresh.start()
+                break
+            except Exception as exc:  # never leave the pool a sandbox short for good
+                log.error("plugin sandbox could not be started; retrying", error=repr(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                if self._closing:
+                    return
         if self._closing:
             await fresh.close()
             return

@@ -4,10 +4,12 @@ spread over sandboxes, lazy loading, and the 6.3 timeouts in Python form."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 
 from plugin_server.plugins.host_services import HostServices, PluginContext
-from plugin_server.plugins.pool import SandboxPool
+from plugin_server.plugins.pool import Sandbox, SandboxPool
 
 CONTEXT = PluginContext(plugin_config_id=39, plugin_id=60, team_id=2, plugin_name="p")
 
@@ -165,3 +167,58 @@ async def test_sandbox_crash_fails_calls_and_is_replaced() -> None:
         assert pool.replaced == 1 and pool.sandboxes[0] is not sandbox
     finally:
         await pool.stop()
+
+
+async def test_a_reply_larger_than_the_socket_buffer_reaches_the_host() -> None:
+    """asyncio writes what does not fit the socket buffer at once with `sendmsg`, which plugin
+    code may not use; the sandbox's own channel may (a big batch used to kill the sandbox)."""
+    pool = SandboxPool(1, HostServices())
+    await pool.start()
+    try:
+        source = (
+            "def process_event(event, meta):\n"
+            "    event['properties']['echo'] = event['properties']['pad']\n"
+            "    return event\n"
+        )
+        pool.register("39:1", spec(), source, CONTEXT)
+        pad = "x" * 2048
+        events = [[{"properties": {"n": i, "pad": pad}}] for i in range(2000)]  # ~8 MB back
+        outcomes = await pool.call("39:1", "process_event", events, 30.0)
+        assert all(o.ok for o in outcomes), outcomes[0]
+        assert [o.value["properties"]["n"] for o in outcomes] == list(range(2000))
+        assert all(o.value["properties"]["echo"] == pad for o in outcomes)
+        assert pool.replaced == 0
+    finally:
+        await pool.stop()
+
+
+def test_a_failed_sandbox_does_not_close_a_descriptor_it_no_longer_owns() -> None:
+    """The guest's end of the channel may be closed by the guest before its interpreter fails;
+    the number can then belong to a new socket (another sandbox's), which must stay open."""
+    guest_end, host_end = socket.socketpair()
+    fd = guest_end.detach()
+    inode = os.fstat(fd).st_ino
+    later: list[socket.socket] = []
+
+    class FailingInterpreter:
+        def exec(self, code: str) -> None:
+            os.close(fd)  # the guest closed its socket...
+            later.extend(socket.socketpair())  # ...and the number was handed out again
+            raise RuntimeError("uncaught in the interpreter")
+
+        def close(self) -> None:
+            pass
+
+    sandbox = Sandbox(1, SandboxPool(1, HostServices()))
+    sandbox._interp = FailingInterpreter()
+    try:
+        sandbox._run_interpreter("", fd, inode)
+        assert later[0].fileno() == fd  # the test reused the number, as a new sandbox would
+        os.fstat(later[0].fileno())  # still open
+        later[0].send(b"x")
+        assert later[1].recv(1) == b"x"
+        assert sandbox.exited.is_set()
+    finally:
+        host_end.close()
+        for sock in later:
+            sock.close()
