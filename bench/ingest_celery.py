@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from plugin_server.config import load_settings
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.queues.celery import CeleryConsumer
 from plugin_server.queues.celery_format import encode_celery_event
@@ -407,7 +408,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--scenario", choices=("plain", "mixed", "consumer", "all"), default="all")
-    parser.add_argument("--batch-size", type=int, default=500, help="INGESTION_BATCH_SIZE of the server")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=load_settings({}).ingestion_batch_size,
+        help="INGESTION_BATCH_SIZE of the server",
+    )
     parser.add_argument(
         "--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
     )

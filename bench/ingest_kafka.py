@@ -3,7 +3,7 @@ pipeline with a trivial Python processEvent plugin run by the real plugin runner
 WORKER_CONCURRENCY sandboxes), plugin log entries to Kafka, Postgres for persons, and the producer — against a
 Tansu broker on loopback.
 
-    python -m bench.ingest_kafka [--events 50000] [--users 1000] [--batch-size 500] [--profile FILE]
+    python -m bench.ingest_kafka [--events 50000] [--users 1000] [--batch-size 2000] [--profile FILE]
 
 The input topic (6 partitions) is filled with events as PostHog's capture endpoint produces them
 before the clock starts; the figure is from the consumer joining its group until every input
@@ -34,6 +34,7 @@ from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import create_pool
 from plugin_server.db.redis import create_redis
+from plugin_server.gc_tuning import tune_garbage_collector
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
 from plugin_server.ingestion.kafka_messages import TOPIC_EVENTS, decode_event_proto
 from plugin_server.ingestion.uuidt import uuidt
@@ -219,6 +220,7 @@ async def run(total: int, users: int, batch_size: int, profile_to: str | None = 
         running = asyncio.create_task(consumer.run())
         while not consumer.joined:  # noqa: ASYNC110 - polling the readiness flag
             await asyncio.sleep(0.01)
+        tune_garbage_collector()  # as the server does once started
         profiler = cProfile.Profile() if profile_to else None
         if profiler is not None:
             profiler.enable()
@@ -259,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--batch-size", type=int, default=load_settings({}).ingestion_batch_size, help="INGESTION_BATCH_SIZE"
+    )
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the timed part to FILE")
     args = parser.parse_args(argv)
     asyncio.run(run(args.events, args.users, args.batch_size, args.profile))

@@ -17,6 +17,7 @@ from plugin_server.config import Settings
 from plugin_server.context import AppContext
 from plugin_server.db.postgres import create_pool
 from plugin_server.db.redis import create_redis
+from plugin_server.gc_tuning import tune_garbage_collector
 from plugin_server.http import HttpServer
 from plugin_server.ingestion.actions import action_cache_services
 from plugin_server.ingestion.uuidt import uuidt
@@ -127,6 +128,8 @@ class Server:
             self._services.append(service)
             if isinstance(service, LoopingService):
                 self._supervisor.watch(service)
+        if self._handle_signals:  # the server owns the process (not embedded in tests or tools)
+            tune_garbage_collector()
         self._ready = True
         notify("READY=1")
         log.info("🚀 All systems go")

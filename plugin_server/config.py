@@ -152,7 +152,7 @@ class Settings:
         "Log format: json, text, or auto (text on a terminal, else json) (added)",
         choices=("auto", "json", "text"),
     )
-    ingestion_batch_size: int = _var(500, "Celery/Kafka messages taken per batch (added)", minimum=1)
+    ingestion_batch_size: int = _var(2000, "Celery/Kafka messages taken per batch (added)", minimum=1)
     celery_heartbeat_ttl_seconds: float = _var(
         30.0,
         "Seconds without a heartbeat after which an instance's in-flight Celery batch is re-queued (added)",

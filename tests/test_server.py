@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +19,7 @@ from plugin_server.services.status import JOB_QUEUES_KEY, PING_KEY, VERSION_KEY
 from plugin_server.version import VERSION
 from tests.conftest import REDIS_URL
 from tests.kafka_broker import free_port
-from tests.server_process import server_env, server_process, wait_ready
+from tests.server_process import ROOT, server_env, server_process, wait_ready
 
 
 async def test_9_1_1_start_and_stop(
@@ -121,3 +123,28 @@ async def test_activity_keeps_the_watchdog_quiet(
             server.ctx.activity.touch("processEvent")
             await asyncio.sleep(0.1)
         assert not server._stop_requested.is_set()
+
+
+def test_a_server_process_tunes_the_garbage_collector(pg_dsn: str) -> None:
+    """The server freezes what start-up built and collects young objects less often; a server
+    embedded in another program (handle_signals=False, as in these tests) leaves the GC alone."""
+    script = (
+        "import asyncio, gc, sys\n"
+        "from plugin_server.app import Server\n"
+        "from plugin_server.config import load_settings\n"
+        "from plugin_server.gc_tuning import YOUNG_THRESHOLD\n"
+        "async def main():\n"
+        "    for owns_process in (False, True):\n"
+        "        server = Server(load_settings(), handle_signals=owns_process)\n"
+        "        await server.startup()\n"
+        "        print('GC', gc.get_threshold()[0] == YOUNG_THRESHOLD, gc.get_freeze_count() > 10_000)\n"
+        "        await server.shutdown()\n"
+        "asyncio.run(main())\n"
+    )
+    env = server_env(DATABASE_URL=pg_dsn, REDIS_URL=REDIS_URL, HTTP_SERVER_PORT="0")
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    tuned = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("GC ")]
+    assert tuned == [["False", "False"], ["True", "True"]]
