@@ -45,6 +45,28 @@ def format_console_args(args: tuple[Any, ...]) -> str:
     return " ".join(parts)
 
 
+def _then(request: asyncio.Future[Any], transform: Callable[[Any], Any]) -> asyncio.Future[Any]:
+    """A future of `transform(reply)` for a host request: awaitable like the request itself, and
+    cancelled or failed as the request is. A transform that raises fails the future."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(raw: asyncio.Future[Any]) -> None:
+        if future.done():
+            return
+        if raw.cancelled():
+            future.cancel()
+        elif (error := raw.exception()) is not None:
+            future.set_exception(error)
+        else:
+            try:
+                future.set_result(transform(raw.result()))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    request.add_done_callback(done)
+    return future
+
+
 class Console:
     def __init__(self, notify: Notify) -> None:
         self._notify = notify
@@ -86,27 +108,17 @@ class Cache:
         return self._request("cache.set", [key, value, ttl_seconds or None])
 
     def get(self, key: str, default: Any = None, *, json_serialize: bool = True) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        def value_of(value: Any) -> Any:
+            if value is None:
+                return default
+            if not json_serialize:
+                return value
+            try:
+                return json.loads(value) if value != "" else None
+            except ValueError:
+                return None
 
-        def done(raw: asyncio.Future[Any]) -> None:
-            if raw.cancelled():
-                future.cancel()
-            elif raw.exception() is not None:
-                future.set_exception(raw.exception())  # type: ignore[arg-type]
-            else:
-                value = raw.result()
-                if value is None:
-                    future.set_result(default)
-                elif not json_serialize:
-                    future.set_result(value)
-                else:
-                    try:
-                        future.set_result(json.loads(value) if value != "" else None)
-                    except ValueError:
-                        future.set_result(None)
-
-        self._request("cache.get", [key]).add_done_callback(done)
-        return future
+        return _then(self._request("cache.get", [key]), value_of)
 
     def incr(self, key: str) -> asyncio.Future[Any]:
         return self._request("cache.incr", [key])
@@ -155,19 +167,11 @@ class Storage:
         self._request = request
 
     def get(self, key: str, default: Any = None) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        def value_of(reply: Any) -> Any:
+            found, text = reply
+            return json.loads(text) if found and text is not None else default
 
-        def done(raw: asyncio.Future[Any]) -> None:
-            if raw.cancelled():
-                future.cancel()
-            elif raw.exception() is not None:
-                future.set_exception(raw.exception())  # type: ignore[arg-type]
-            else:
-                found, text = raw.result()
-                future.set_result(json.loads(text) if found and text is not None else default)
-
-        self._request("storage.get", [key]).add_done_callback(done)
-        return future
+        return _then(self._request("storage.get", [key]), value_of)
 
     def set(self, key: str, value: Any) -> asyncio.Future[Any]:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
