@@ -100,24 +100,42 @@ class Sandbox:
 
     async def start(self) -> None:
         host_sock, guest_sock = socket.socketpair()
-        self._interp = interpreters.create()
-        fd = guest_sock.detach()
-        inode = os.fstat(fd).st_ino
-        options = json.dumps(
-            {"memory_limit_mb": self.pool.memory_limit_mb, "tasks_per_worker": self.pool.tasks_per_worker}
-        )
-        bootstrap = (
-            f"import sys\nsys.path.insert(0, {PROJECT_ROOT!r})\n"
-            f"from sandbox.guest import main\nmain({fd}, {options!r})\n"
-        )
-        self._thread = threading.Thread(
-            target=self._run_interpreter,
-            args=(bootstrap, fd, inode),
-            name=f"sandbox-{self.number}",
-            daemon=True,
-        )
-        self._thread.start()
-        reader, self._writer = await asyncio.open_connection(sock=host_sock)
+        try:
+            self._interp = interpreters.create()
+            fd = guest_sock.detach()
+        except BaseException:
+            host_sock.close()
+            guest_sock.close()
+            raise
+        try:
+            inode = os.fstat(fd).st_ino
+            options = json.dumps(
+                {"memory_limit_mb": self.pool.memory_limit_mb, "tasks_per_worker": self.pool.tasks_per_worker}
+            )
+            bootstrap = (
+                f"import sys\nsys.path.insert(0, {PROJECT_ROOT!r})\n"
+                f"from sandbox.guest import main\nmain({fd}, {options!r})\n"
+            )
+            self._thread = threading.Thread(
+                target=self._run_interpreter,
+                args=(bootstrap, fd, inode),
+                name=f"sandbox-{self.number}",
+                daemon=True,
+            )
+            self._thread.start()
+        except BaseException:
+            # nothing runs in the interpreter yet: release it and both ends here
+            host_sock.close()
+            os.close(fd)
+            self._close_interpreter()
+            self.exited.set()
+            raise
+        try:
+            reader, self._writer = await asyncio.open_connection(sock=host_sock)
+        except BaseException:
+            # the guest is running: closing the host end makes its channel read end, and it exits
+            host_sock.close()
+            raise
         self.alive = True
         self.last_frame = time.monotonic()
         self._reader_task = asyncio.create_task(self._read(reader))
@@ -133,11 +151,14 @@ class Sandbox:
                 if os.fstat(fd).st_ino == inode:
                     os.close(fd)
         finally:
-            try:
-                self._interp.close()
-            except Exception as exc:  # still running elsewhere, or already gone
-                log.warning("sandbox interpreter not closed", sandbox=self.number, error=str(exc))
+            self._close_interpreter()
             self.exited.set()
+
+    def _close_interpreter(self) -> None:
+        try:
+            self._interp.close()
+        except Exception as exc:  # still running elsewhere, or already gone
+            log.warning("sandbox interpreter not closed", sandbox=self.number, error=str(exc))
 
     def send(self, message: list[Any]) -> None:
         if not self.alive or self._writer is None:

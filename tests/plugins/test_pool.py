@@ -8,6 +8,8 @@ import os
 import socket
 import time
 
+import pytest
+
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.pool import Sandbox, SandboxPool
 
@@ -222,3 +224,26 @@ def test_a_failed_sandbox_does_not_close_a_descriptor_it_no_longer_owns() -> Non
         host_end.close()
         for sock in later:
             sock.close()
+
+
+async def test_a_sandbox_whose_channel_fails_to_open_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the host cannot open its end of the channel, the started guest sees the channel close,
+    exits, and its interpreter is released (instead of waiting for a peer that never comes)."""
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("no channel")
+
+    sandbox = Sandbox(1, SandboxPool(1, HostServices()))
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(asyncio, "open_connection", refuse)
+    # pytest.raises keeps the traceback, and with it start()'s frame: nothing may rely on the
+    # garbage collector closing the host's end
+    with pytest.raises(OSError, match="no channel") as failure:
+        await sandbox.start()
+    monkeypatch.undo()
+    assert await asyncio.to_thread(sandbox.exited.wait, 10.0)
+    assert not sandbox.alive
+    assert len(os.listdir("/proc/self/fd")) <= before
+    del failure
