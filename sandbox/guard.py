@@ -4,7 +4,7 @@ The hook is installed once per sub-interpreter after the sandbox runtime has set
 stays for the interpreter's life (audit hooks cannot be removed). It refuses processes, sockets,
 ctypes, new interpreters, new threads, signals and any file access other than reading the
 standard library and the plugin's own directory. It is a hardening layer, not a security
-boundary: see notes/sandbox.md.
+boundary: see docs/plugin-sandbox.md.
 """
 
 from __future__ import annotations
@@ -100,6 +100,18 @@ FORBIDDEN_MODULES = frozenset(
         "smtplib",
         "telnetlib",
         "selectors",
+        # re-creating these would give back what disarm_process_functions() replaced
+        "posix",
+        "_thread",
+        "faulthandler",
+        "_testcapi",
+        "_testinternalcapi",
+        "_testmultiphase",
+        "_testsinglephase",
+        "_testbuffer",
+        "_testimportmultiple",
+        "_xxtestfuzz",
+        "_ctypes_test",
     }
 )
 
@@ -191,6 +203,34 @@ FORBIDDEN_EVENTS = frozenset(
 )
 
 
+# os functions plugin code keeps: information about the process, and path operations (those that
+# change anything raise audit events the hook refuses). The rest act on the whole process — exit
+# and abort, raw descriptors (the host's database and Kafka sockets among them), signals,
+# identity, children — and raise no audit event, so they are replaced.
+KEPT_OS_FUNCTIONS = frozenset(
+    {
+        "WCOREDUMP", "WEXITSTATUS", "WIFCONTINUED", "WIFEXITED", "WIFSIGNALED", "WIFSTOPPED",
+        "WSTOPSIG", "WTERMSIG", "waitstatus_to_exitcode", "_path_normpath", "_path_splitroot_ex",
+        "access", "chdir", "chmod", "chown", "confstr", "cpu_count", "ctermid", "device_encoding",
+        "fpathconf", "fspath", "fstat", "fstatvfs", "get_blocking", "get_inheritable",
+        "get_terminal_size", "getcwd", "getcwdb", "getegid", "geteuid", "getgid", "getgrouplist",
+        "getgroups", "getloadavg", "getlogin", "getpgid", "getpgrp", "getpid", "getppid",
+        "getpriority", "getrandom", "getresgid", "getresuid", "getsid", "getuid", "isatty", "link",
+        "listdir", "lstat", "major", "makedev", "minor", "mkdir", "open", "pathconf", "readlink",
+        "register_at_fork",  # random registers a handler on import; fork itself is refused
+        "remove", "rename", "replace", "rmdir", "scandir", "sched_get_priority_max",
+        "sched_get_priority_min", "sched_getaffinity", "sched_getparam", "sched_getscheduler",
+        "sched_rr_get_interval", "sched_yield", "stat", "statvfs", "strerror", "symlink", "sysconf",
+        "times", "truncate", "ttyname", "uname", "unlink", "urandom", "utime",
+    }
+)  # fmt: skip
+KEPT_SIGNAL_FUNCTIONS = frozenset(
+    {"default_int_handler", "getitimer", "getsignal", "sigpending", "strsignal", "valid_signals"}
+)
+# interrupt_main raises KeyboardInterrupt in the host's main thread; stack_size is process-wide
+REFUSED_THREAD_FUNCTIONS = frozenset({"interrupt_main", "stack_size"})
+
+
 def forbidden_import_message(name: str) -> str:
     return f"Cannot import '{name}'! This package is not provided by PostHog in plugins."
 
@@ -237,6 +277,67 @@ def make_audit_hook(
                 raise ImportError(forbidden_import_message(name))
 
     return audit
+
+
+def _refuser(shown: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(f"Plugins may not use {shown}")
+
+    refused.__name__ = refused.__qualname__ = shown.rsplit(".", 1)[-1]
+    return refused
+
+
+def disarm_process_functions() -> None:
+    """Replace, in this interpreter, the os/signal/_thread functions that act on the whole process,
+    wherever a loaded module holds them (`os._exit`, `random._os.close`, `signal.alarm`, ...), and
+    empty this interpreter's copy of the environment (the host's secrets are in it).
+
+    Call after the sandbox runtime took what it needs itself: references it keeps stay real."""
+    replacements: dict[int, tuple[Any, Callable[..., Any]]] = {}
+    plan = (
+        ("posix", "os", lambda name: name not in KEPT_OS_FUNCTIONS),
+        ("_signal", "signal", lambda name: name not in KEPT_SIGNAL_FUNCTIONS),
+        ("_thread", "_thread", lambda name: name in REFUSED_THREAD_FUNCTIONS),
+    )
+    for module_name, shown, refuse in plan:
+        module = sys.modules.get(module_name)
+        if module is None:
+            continue
+        for name, value in vars(module).items():
+            if callable(value) and not isinstance(value, type) and refuse(name):
+                replacements[id(value)] = (value, _refuser(f"{shown}.{name}"))
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            found = replacements.get(id(value))
+            if found is not None and found[0] is value:
+                namespace[name] = found[1]
+    _guard_module_creation()
+    os.environ._data.clear()  # type: ignore[attr-defined]  # not unsetenv: that is the process's
+    posix = sys.modules.get("posix")
+    if posix is not None:
+        posix.environ.clear()
+
+
+def _guard_module_creation() -> None:
+    """Refuse forbidden C modules where every import path creates them: `importlib.import_module`
+    and `reload` do not raise the audit hook's `import` event, so `posix` could be loaded afresh,
+    with the functions disarm_process_functions() replaced."""
+    import _imp
+
+    def guarded(create: Callable[..., Any]) -> Callable[..., Any]:
+        def create_module(spec: Any, *args: Any) -> Any:
+            name = str(getattr(spec, "name", ""))
+            if name in FORBIDDEN_MODULES or name.split(".", 1)[0] in FORBIDDEN_MODULES:
+                raise ImportError(forbidden_import_message(name))
+            return create(spec, *args)
+
+        return create_module
+
+    _imp.create_builtin = guarded(_imp.create_builtin)
+    _imp.create_dynamic = guarded(_imp.create_dynamic)
 
 
 def stdlib_roots() -> list[str]:

@@ -45,11 +45,11 @@ class LoadedPlugin:
 
 
 class Guest:
-    def __init__(self, fd: int, options: dict[str, Any]) -> None:
+    def __init__(self, sock: socket.socket, options: dict[str, Any]) -> None:
         self.options = options
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.sock = socket.socket(fileno=fd)
+        self.sock = sock
         self.sock.setblocking(False)
         limit = int(options.get("memory_limit_mb", 512)) * 1024 * 1024
         self.watchdog = Watchdog(limit, [_SANDBOX_DIR, _ASYNCIO_DIR])
@@ -75,6 +75,7 @@ class Guest:
     async def serve(self) -> None:
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
         guard.install(self.readable_roots, own_sockets=(self.sock,))
+        guard.disarm_process_functions()
         try:
             while True:
                 header = await reader.readexactly(protocol.HEADER.size)
@@ -193,7 +194,7 @@ class Guest:
             if not future.done():
                 future.set_exception(exc)
             self.send(["result", req_id, [[False, None, _error(exc), None]]])
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            if _cancelled_here(exc):
                 raise
         finally:
             _current_key.reset(token)
@@ -247,23 +248,28 @@ class Guest:
 
     def send_results(self, req_id: int, method: str, results: list[list[Any]]) -> None:
         """Values are checked by encoding the whole answer once; only when that fails is each
-        value checked, and the ones that are not JSON become TypeErrors."""
+        value checked. A value that cannot be sent (not JSON, nested too deep, too big) fails its
+        own call: the others still get their answers."""
         try:
             frame = protocol.encode(["result", req_id, results], strict=True)
-        except (TypeError, ValueError):
+        except Exception:
             for outcome in results:
                 if outcome[0]:
                     try:
                         protocol.encode(outcome[1], strict=True)
-                    except (TypeError, ValueError) as exc:
+                    except Exception as exc:
                         if method == "process_event":
                             error = TypeError(f"process_event must return JSON-compatible data: {exc}")
                             outcome[:] = [False, None, _error(error), None]
                         else:
-                            outcome[1] = repr(outcome[1])
+                            outcome[1] = _safe_repr(outcome[1])
                 if outcome[3] is not None:
                     outcome[3] = _json_or_none(outcome[3])
-            frame = protocol.encode(["result", req_id, results])
+            try:
+                frame = protocol.encode(["result", req_id, results])
+            except Exception as exc:
+                failed = _error(TypeError(f"the result could not be sent to the host: {exc}"))
+                frame = protocol.encode(["result", req_id, [[False, None, failed, None] for _ in results]])
         assert self.writer is not None
         if not self.writer.is_closing():
             self.writer.write(frame)
@@ -282,7 +288,7 @@ class Guest:
                 return None
             self.watchdog.check_memory_after(record)
             return [True, _check_result(method, result), None, None]
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from plugin code too
             stopped = isinstance(exc, TimeoutError | MemoryError)
             mutated = args[0] if method == "process_event" and args and not stopped else None
             return [False, None, _error(exc), mutated]
@@ -295,7 +301,9 @@ class Guest:
         try:
             result = await self.invoke(fn, [*args, loaded.meta], time_limit)
             return [True, _check_result(method, result), None, None]
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from plugin code too
+            if _cancelled_here(exc):
+                raise
             # a call stopped by the watchdog keeps nothing of what it did to the event
             stopped = isinstance(exc, TimeoutError | MemoryError)
             mutated = args[0] if method == "process_event" and args and not stopped else None
@@ -325,6 +333,14 @@ class Guest:
                 self.watchdog.end(record, token)
 
 
+def _cancelled_here(exc: BaseException) -> bool:
+    """A CancelledError that is this task being cancelled (shutdown), not one plugin code raised."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _lookup(loaded: LoadedPlugin, method: str) -> Any:
     if method.startswith("job:"):
         name = method[4:]
@@ -347,8 +363,15 @@ def _json_or_none(value: Any) -> Any:
     try:
         json.dumps(value, allow_nan=False)
         return value
-    except (TypeError, ValueError):
+    except Exception:  # not JSON, or nested too deep
         return None
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[:10_000]
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -383,4 +406,10 @@ _host_error_classes: dict[str, type[HostError]] = {
 
 
 def main(fd: int, options_json: str) -> None:
-    Guest(fd, json.loads(options_json)).run()
+    sock = socket.socket(fileno=fd)
+    try:
+        Guest(sock, json.loads(options_json)).run()
+    finally:
+        # Closed here, in this thread, however the guest ended: left to the interpreter's
+        # finalisation, the close could come after the host reused the descriptor's number.
+        sock.close()

@@ -59,4 +59,8 @@ def decode(body: bytes) -> Any:
 
 def error_payload(exc: BaseException, stack: str = "") -> dict[str, Any]:
     retry = any(cls.__name__ == "RetryError" for cls in type(exc).__mro__)
-    return {"name": type(exc).__name__, "message": str(exc), "stack": stack, "retry": retry}
+    try:
+        message = str(exc)
+    except Exception:  # a plugin's exception class whose __str__ fails
+        message = f"<{type(exc).__name__} whose message cannot be shown>"
+    return {"name": type(exc).__name__, "message": message, "stack": stack, "retry": retry}

@@ -82,6 +82,43 @@ HOSTILE = {
         "PermissionError",
         "pwned",
     ),
+    # functions that act on the whole process and raise no audit event: replaced in the sandbox
+    # (the arguments are harmless ones, so that a regression fails the test, not the test run)
+    "os_exit": ('import random\n    random._os._exit(3)', "PermissionError", "os._exit"),
+    "close_descriptor": ('import random\n    random._os.close(1000)', "PermissionError", "os.close"),
+    "write_descriptor": ('import random\n    random._os.write(1000, b"x")', "PermissionError", "os.write"),
+    "raise_signal": (
+        'import typing\n    typing.sys.modules["signal"].raise_signal(17)',
+        "PermissionError",
+        "signal.raise_signal",
+    ),
+    "alarm": ('import typing\n    typing.sys.modules["signal"].alarm(0)', "PermissionError", "signal.alarm"),
+    "interrupt_main": (
+        'import typing\n    typing.sys.modules["_thread"].interrupt_main(17)',
+        "PermissionError",
+        "_thread.interrupt_main",
+    ),
+    "fresh_posix": (
+        'import typing\n    modules = typing.sys.modules\n    del modules["posix"]\n'
+        '    modules["importlib"].import_module("posix")',
+        "ImportError",
+        "Cannot import 'posix'",
+    ),
+    # BaseExceptions fail the call like any other error; the sandbox goes on
+    "system_exit": ("raise SystemExit(4)", "SystemExit", "4"),
+    "keyboard_interrupt": ('raise KeyboardInterrupt("stop")', "KeyboardInterrupt", "stop"),
+    "unprintable_error": (
+        'class Odd(Exception):\n        def __str__(self):\n            raise ValueError("no")\n'
+        "    raise Odd()",
+        "Odd",
+        "cannot be shown",
+    ),
+    # a result that cannot be encoded fails its own call instead of stalling the sandbox
+    "too_deep_to_encode": (
+        'deep = []\n    for _ in range(100000):\n        deep = [deep]\n    event["properties"]["deep"] = deep',
+        "TypeError",
+        "JSON-compatible",
+    ),
     "thread": (
         'import typing\n    typing.sys.modules["threading"].Thread(target=print).start()',
         "PermissionError",
