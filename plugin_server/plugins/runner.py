@@ -250,6 +250,8 @@ class PluginRunner:
             ok, bad = succeeded.get(index), failed.get(index)
             if ok or bad or deferred:
                 properties = processed.get("properties")
+                if properties and not isinstance(properties, dict):
+                    continue  # not an object: nothing to mark; the pipeline dead-letters the event
                 if processed is events[index] or not isinstance(properties, dict):
                     # still the caller's event (no plugin returned a new one): mark a copy
                     properties = dict(properties or {})

@@ -41,11 +41,13 @@ from plugin_server.queues.celery_format import (
     job_from_task,
     parse_celery_message,
 )
+from plugin_server.queues.failures import is_infrastructure_error
 
 log = get_logger(__name__)
 
 PARSE_STAGE = "celery_parse"
 PLUGIN_JOB_STAGE = "celery_plugin_job"
+INGEST_STAGE = "plugin_server_ingest_event"  # as the pipeline's own dead letters
 # How long one blocking wait on an empty queue lasts (at most) before it is simply issued again.
 BLOCK_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 10.0
@@ -225,6 +227,8 @@ class CeleryConsumer:
         self._loop_done.set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        # set when a batch failed for a reason of its events: it is retried one event at a time
+        self._one_by_one = False
         self.batches_done = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -250,7 +254,9 @@ class CeleryConsumer:
                         await self._finish_commit()
                         await self._wait_for(self._resumed)
                         continue
-                    if self._staged is not None:
+                    if self._one_by_one:
+                        await self._step_one_by_one()
+                    elif self._staged is not None:
                         await self._step_overlapped(self._staged)
                     else:
                         await self._step()
@@ -261,11 +267,15 @@ class CeleryConsumer:
                     await self._settle_commit()
                     await self._sleep(backoff.next_delay())
                 except Exception as exc:
-                    # The ingestor or the dead-letter store failed (infrastructure): the batch stays
-                    # in the processing list and is retried.
+                    # The batch stays in the processing list and is taken again: after waiting when
+                    # a store failed, one event at a time at once when the events did.
                     self._note_failure("ingest", exc)
                     await self._settle_commit()
-                    await self._sleep(backoff.next_delay())
+                    if is_infrastructure_error(exc):
+                        await self._sleep(backoff.next_delay())
+                    else:
+                        log.warning("Celery batch failed; retrying its events one by one", error=repr(exc))
+                        self._one_by_one = True
         finally:
             try:
                 # Stop: the batch committing finishes and is acknowledged; those only taken (not
@@ -273,6 +283,12 @@ class CeleryConsumer:
                 await self._settle_commit()
             finally:
                 self._loop_done.set()
+
+    async def _step_one_by_one(self) -> None:
+        batch = await self._take()
+        if batch:
+            await self._process(batch, one_by_one=True)
+        self._one_by_one = False
 
     async def _step(self) -> None:
         batch = await self._take()
@@ -362,18 +378,39 @@ class CeleryConsumer:
             await pipe.execute()
 
     # ------------------------------------------------------------------ processing
-    async def _process(self, batch: Sequence[bytes]) -> None:
+    async def _process(self, batch: Sequence[bytes], *, one_by_one: bool = False) -> None:
         started = time.perf_counter()
         events, settled = await self._sort(batch)
         if settled and events:
             await self._remove(settled)
         if events:
             assert self._ingestor is not None
-            outcomes = await self._ingestor.ingest(events)
+            if one_by_one:
+                outcomes = [await self._ingest_alone(event) for event in events]
+            else:
+                outcomes = await self._ingestor.ingest(events)
             self._count(outcomes)
         await self._acknowledge()
         self.batches_done += 1
         BATCHES.observe(time.perf_counter() - started)
+
+    async def _ingest_alone(self, event: IncomingEvent) -> Outcome:
+        """Ingest one event; dead-letter it if it fails twice for a reason of its own."""
+        assert self._ingestor is not None
+        failure: BaseException | None = None
+        for attempt in range(2):
+            try:
+                [outcome] = await self._ingestor.ingest([event])
+                return outcome
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                failure = exc
+                if attempt == 0:
+                    await self._sleep(0.1)
+        log.warning("event dead-lettered: it failed alone", error=repr(failure), team_id=event.team_id)
+        await self._dead_letters.record(event.raw, str(failure) or repr(failure), INGEST_STAGE, event.team_id)
+        return Outcome.DEAD_LETTERED
 
     async def _step_overlapped(self, ingestor: StagedIngestor[Any]) -> None:
         """Take and prepare the next batch while the one before commits; then commit it in turn."""

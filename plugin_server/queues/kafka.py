@@ -33,8 +33,9 @@ from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
+from plugin_server.queues.failures import is_infrastructure_error
 from plugin_server.queues.kafka_client import client_options
-from plugin_server.queues.kafka_producer import BatchingProducer, KafkaDeliveryError
+from plugin_server.queues.kafka_producer import BatchingProducer
 
 log = get_logger(__name__)
 
@@ -114,37 +115,6 @@ def incoming_event(value: bytes | None) -> IncomingEvent:
         raw=value or b"",
         source="kafka",
     )
-
-
-# ---------------------------------------------------------------------- errors
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """True for failures of a store or the broker (worth waiting for), not of an event."""
-    if isinstance(exc, TimeoutError):
-        return False  # our own batch time-out (TimeoutError is an OSError): an event's fault
-    if isinstance(exc, ConnectionError | OSError | KafkaDeliveryError):
-        return True
-    module = type(exc).__module__ or ""
-    name = type(exc).__name__
-    if module.startswith("asyncpg"):
-        return (
-            name
-            in {
-                "ConnectionDoesNotExistError",
-                "ConnectionFailureError",
-                "CannotConnectNowError",
-                "TooManyConnectionsError",
-                "InterfaceError",
-                "PostgresConnectionError",
-                "AdminShutdownError",
-                "CrashShutdownError",
-            }
-            or "Connection" in name
-        )
-    if module.startswith("redis"):
-        return name in {"ConnectionError", "TimeoutError", "BusyLoadingError"}
-    if module.startswith("aiokafka"):
-        return True
-    return False
 
 
 # ---------------------------------------------------------------------- consumer

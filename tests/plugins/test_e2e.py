@@ -91,3 +91,44 @@ async def test_events_pass_through_two_plugins_into_posthog_event(
         assert props["upperUuid"] == props["seq"] * 10
         assert props["$plugins_succeeded"] == ["test-maxmind-plugin (39)", "second (40)"]
         assert props["$plugins_deferred"] == ["second (40)"]
+
+
+async def test_5_2_09_non_object_properties_under_a_plugin_are_dead_lettered_and_the_next_events_flow(
+    pg: asyncpg.Pool, team: int, redis: aioredis.Redis, settings: Settings, run_server: Any
+) -> None:
+    """Properties that are a string or a list: the plugin fails on them, the event is dead-lettered
+    (recommendation 5.2 #9), and the events queued after it are stored."""
+    await add_python_plugin(
+        pg,
+        """
+        def process_event(event, meta):
+            event["properties"]["processed"] = True
+            return event
+        """,
+    )
+
+    def odd(seq: int, properties: Any) -> bytes:
+        return encode_celery_event(
+            f"user-{seq}",
+            "127.0.0.1",
+            "http://localhost",
+            {"event": "odd", "uuid": f"00000000-0000-0000-0000-{seq:012d}", "properties": properties},
+            2,
+            "2021-10-28T12:00:01.123456+00:00",
+            "2021-10-28T12:00:00.500000Z",
+            queue=QUEUE,
+        ).encode()
+
+    async with run_server(settings.replace(task_timeout=5.0)):
+        await redis.lpush(QUEUE, celery_event(0), odd(1, "a string"), odd(2, ["x", "y"]), celery_event(3))
+
+        async def settled() -> bool:
+            stored = await pg.fetchval("SELECT count(*) FROM posthog_event")
+            dead = await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter")
+            return bool(stored == 2 and dead == 2)
+
+        await wait_until(settled, 30)
+    rows = await pg.fetch("SELECT properties FROM posthog_event ORDER BY (properties->>'seq')::int")
+    assert [(r["properties"]["seq"], r["properties"]["processed"]) for r in rows] == [(0, True), (3, True)]
+    dead = await pg.fetch("SELECT stage, event FROM plugin_server_dead_letter ORDER BY id")
+    assert {r["stage"] for r in dead} == {"plugin_server_ingest_event"}

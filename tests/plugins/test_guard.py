@@ -84,8 +84,8 @@ HOSTILE = {
     ),
     # functions that act on the whole process and raise no audit event: replaced in the sandbox
     # (the arguments are harmless ones, so that a regression fails the test, not the test run)
-    "os_exit": ('import random\n    random._os._exit(3)', "PermissionError", "os._exit"),
-    "close_descriptor": ('import random\n    random._os.close(1000)', "PermissionError", "os.close"),
+    "os_exit": ("import random\n    random._os._exit(3)", "PermissionError", "os._exit"),
+    "close_descriptor": ("import random\n    random._os.close(1000)", "PermissionError", "os.close"),
     "write_descriptor": ('import random\n    random._os.write(1000, b"x")', "PermissionError", "os.write"),
     "raise_signal": (
         'import typing\n    typing.sys.modules["signal"].raise_signal(17)',
@@ -115,7 +115,8 @@ HOSTILE = {
     ),
     # a result that cannot be encoded fails its own call instead of stalling the sandbox
     "too_deep_to_encode": (
-        'deep = []\n    for _ in range(100000):\n        deep = [deep]\n    event["properties"]["deep"] = deep',
+        "deep = []\n    for _ in range(100000):\n        deep = [deep]\n"
+        '    event["properties"]["deep"] = deep',
         "TypeError",
         "JSON-compatible",
     ),

@@ -192,6 +192,35 @@ async def test_failed_ingestion_keeps_the_batch_and_retries_it(
     assert await redis.llen(QUEUE) == 0
 
 
+class PoisonedIngestor(RecordingIngestor):
+    """Fails any batch holding the event with seq 1, for a reason of that event (not a store)."""
+
+    async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
+        if any(e.event["properties"]["seq"] == 1 for e in batch):
+            raise ValueError("this event breaks the pipeline")
+        return await super().ingest(batch)
+
+
+async def test_a_batch_failing_for_an_event_is_retried_one_by_one_and_that_event_dead_lettered(
+    redis: aioredis.Redis, pg: asyncpg.Pool, make_consumer: Callable[..., CeleryConsumer]
+) -> None:
+    await push(redis, [event_message(i) for i in range(4)])
+    ingestor = PoisonedIngestor()
+    consumer = make_consumer(ingestor=ingestor, batch_size=10)
+    async with consuming(consumer):
+        await wait_until(lambda: len(ingestor.seqs) == 3)
+        await push(redis, [event_message(i) for i in range(4, 7)])
+        await wait_until(lambda: len(ingestor.seqs) == 6)
+    assert ingestor.seqs == [0, 2, 3, 4, 5, 6]
+    # one event at a time after the failure, whole batches again after that
+    assert [len(b) for b in ingestor.batches] == [1, 1, 1, 3]
+    [dead] = await pg.fetch("SELECT error, stage, raw FROM plugin_server_dead_letter")
+    assert dead["error"] == "this event breaks the pipeline"
+    assert dead["stage"] == "plugin_server_ingest_event"
+    assert json_seq(bytes(dead["raw"])) == 1
+    assert await redis.llen(QUEUE) == 0 and await redis.exists(KEYS.processing(consumer.instance_id)) == 0
+
+
 async def test_orphaned_processing_list_goes_back_to_the_queue_head_on_start(
     redis: aioredis.Redis, make_consumer: Callable[..., CeleryConsumer]
 ) -> None:
