@@ -75,6 +75,14 @@ class RegisteredPlugin:
     context: PluginContext
 
 
+_THREAD_PREFIX = "sandbox-"
+
+
+def sandbox_threads_alive() -> bool:
+    """Whether any sandbox's thread still runs (after shutdown: one abandoned inside C code)."""
+    return any(t.name.startswith(_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
+
+
 class Sandbox:
     """The host side of one sub-interpreter."""
 
@@ -119,7 +127,7 @@ class Sandbox:
             self._thread = threading.Thread(
                 target=self._run_interpreter,
                 args=(bootstrap, fd, inode),
-                name=f"sandbox-{self.number}",
+                name=f"{_THREAD_PREFIX}{self.number}",
                 daemon=True,
             )
             self._thread.start()

@@ -143,3 +143,41 @@ async def test_sigkill_mid_batch_loses_no_event(pg_dsn: str, redis: aioredis.Red
 
 async def _no_processing_lists(redis: aioredis.Redis) -> bool:
     return not [k async for k in redis.scan_iter(KEYS.processing("*"))]
+
+
+async def test_a_plugin_stuck_in_c_code_does_not_hold_up_shutdown(
+    pg_dsn: str, redis: aioredis.Redis, pg: asyncpg.Pool
+) -> None:
+    """A sandbox abandoned while its plugin sleeps inside C keeps a thread the interpreter would
+    wait for at exit: SIGTERM still ends the server promptly, with status 0."""
+    from tests.plugins.conftest import add_python_plugin
+
+    await create_team(pg)
+    await add_python_plugin(
+        pg,
+        """
+        import time
+
+        def process_event(event, meta):
+            if event["properties"]["seq"] == 0:
+                time.sleep(120)
+            return event
+        """,
+    )
+    env = server_env(
+        DATABASE_URL=pg_dsn,
+        REDIS_URL=REDIS_URL,
+        TASK_TIMEOUT="1",
+        LOG_LEVEL="warn",
+        HTTP_SERVER_PORT=str(free_port()),
+    )
+    with server_process(env) as process:
+        wait_ready(process, int(env["HTTP_SERVER_PORT"]))
+        await push(redis, [event_message(0), event_message(1)])
+
+        async def both_stored() -> bool:
+            return sorted(await stored_seqs(pg)) == [0, 1]
+
+        await wait_for(both_stored, within=60)  # the sleeping sandbox was given up on
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
