@@ -26,6 +26,18 @@ def truthy(value: Any) -> bool:
     return True
 
 
+_INT64 = 2**63
+
+
+def js_float(text: str) -> float | int:
+    """A JSON number with a fraction or exponent, read as JavaScript keeps it: integral values are
+    plain integers (`1.0` is stored and sent on as `1`, as the original writes it)."""
+    value = float(text)
+    if value.is_integer() and -_INT64 < value < _INT64:
+        return int(value)
+    return value
+
+
 def number_text(value: float | int) -> str:
     """Number.prototype.toString: `2.0` -> `2`, `1e21` -> `1e+21`, `1e-7` -> `1e-7`."""
     if isinstance(value, int):

@@ -91,6 +91,8 @@ async def _run_alias(conn: asyncpg.Connection, item: PreparedEvent, known: set[t
             error=str(error) or type(error).__name__,
         )
     else:
+        if isinstance(previous, str) and previous == item.distinct_id:
+            return  # alias did nothing: the person, if new, is created as for any event
         known.add(item.person_key)
         if previous is not None:
             known.add((team_id, js_string(previous)))

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from plugin_server.ingestion.elements import element_rows, elements_hash, extract_elements
 from plugin_server.ingestion.identify import identify_plan
-from plugin_server.ingestion.js import js_string, json_text, truthy
+from plugin_server.ingestion.js import js_string, json_text, truthy, utf16_sort_key
 from plugin_server.ingestion.properties import (
+    MISSING_NAME,
     InvalidEvent,
     event_properties,
     sanitize_event_name,
@@ -146,7 +147,7 @@ def prepare_event(
             session_id=session_id,
         )
 
-    name = sanitize_event_name(raw_name)
+    name = sanitize_event_name(raw_name if "event" in event else MISSING_NAME)
     _check_text("event name", name)
     elements: list[dict[str, Any]] = []
     raw_elements = properties.get("$elements")
@@ -173,6 +174,12 @@ def prepare_event(
         identify=plan,
     )
     if elements:
+        for element in elements:
+            classes = element.get("attr_class")
+            if classes is not None:
+                # the original builds the elements chain first in both modes, which sorts the
+                # classes in place: the stored elements and the group hash see them sorted
+                classes.sort(key=utf16_sort_key)
         prepared.elements = elements
         prepared.elements_json = json_text(elements)
         _check_json("$elements", prepared.elements_json, max_bytes)

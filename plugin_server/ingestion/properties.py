@@ -45,8 +45,12 @@ def event_properties(data: dict[str, Any]) -> dict[str, Any]:
     return properties
 
 
+MISSING_NAME = object()  # an event without the key, as opposed to one whose name is null
+
+
 def sanitize_event_name(name: Any) -> str:
-    if name is None:
+    """Non-strings become their JSON text (null gives "null"); only a missing name is an error."""
+    if name is MISSING_NAME:
         raise InvalidEvent("Event name is missing")
     if not isinstance(name, str):
         name = json_text(name) if isinstance(name, dict | list | int | float | bool) else js_string(name)

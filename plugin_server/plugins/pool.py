@@ -30,26 +30,25 @@ import msgspec
 import structlog
 from backports import interpreters
 
+from plugin_server.ingestion.js import js_float
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from sandbox import protocol
 
 log = structlog.get_logger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MIN_CHUNK = 32
+MIN_CHUNK = 32  # events per hand-over below which a batch is not split across sandboxes
 # The host side encodes call batches and decodes answers with msgspec (several times faster than
 # the json module, which the sandboxes use); frames carrying bytes use the protocol's own marker.
 _fast_encoder = msgspec.json.Encoder()
-_fast_decoder = msgspec.json.Decoder()
+_fast_decoder = msgspec.json.Decoder(float_hook=js_float)  # what plugins return, read as JS would
 _BYTES_MARKER = b'"$bytes"'
 
 
 def _decode_frame(body: bytes) -> Any:
     if _BYTES_MARKER in body:
         return protocol.decode(body)
-    return _fast_decoder.decode(
-        body
-    )  # events per hand-over below which a batch is not split across sandboxes
+    return _fast_decoder.decode(body)
 
 
 class SandboxError(Exception):

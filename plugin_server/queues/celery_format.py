@@ -22,14 +22,14 @@ from typing import Any
 
 import msgspec
 
-from plugin_server.ingestion.js import js_string
+from plugin_server.ingestion.js import js_float, js_string
 from plugin_server.ingestion.types import IncomingEvent
 from plugin_server.ingestion.uuidt import uuidt
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
 
-_json_decode = msgspec.json.Decoder().decode
+_json_decode = msgspec.json.Decoder(float_hook=js_float).decode
 
 
 class CeleryMessageError(ValueError):
@@ -67,7 +67,7 @@ def _loads(data: bytes | str, what: str) -> Any:
         # msgspec refuses what Python's json (and so kombu) can write: NaN/Infinity, lone
         # surrogate escapes, numbers beyond float range. Only then take the slow path.
         try:
-            return json.loads(data)
+            return json.loads(data, parse_float=js_float)
         except (ValueError, RecursionError) as exc:
             raise CeleryMessageError("not_json", f"{what} is not valid JSON: {exc}") from None
 
@@ -221,7 +221,11 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
     event.update(data)
     event["team_id"] = team_id
     distinct_id = event.get("distinct_id")
-    if distinct_id is not None and type(distinct_id) is not str:
+    if distinct_id is None:
+        # the original's event lost a null id on its way to the pipeline, which then reads
+        # "undefined" (spec 5.2 #5), as on the Kafka path
+        event.pop("distinct_id", None)
+    elif type(distinct_id) is not str:
         event["distinct_id"] = js_string(distinct_id)
     return IncomingEvent(team_id=team_id, event=event, raw=raw, source="celery")
 

@@ -27,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.api import Ingestor, StagedIngestor
-from plugin_server.ingestion.js import js_string
+from plugin_server.ingestion.js import js_float, js_string
 from plugin_server.ingestion.kafka_dead_letter import KafkaDeadLetterQueue
 from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
@@ -68,11 +68,14 @@ class InvalidMessage(ValueError):
 
 
 # ---------------------------------------------------------------------- parsing
+_decode = msgspec.json.Decoder(float_hook=js_float).decode
+
+
 def _loads(data: bytes | str) -> Any:
     try:
-        return msgspec.json.decode(data)
+        return _decode(data)
     except msgspec.ValidationError:  # numbers beyond 64 bits: the standard parser keeps them
-        return json.loads(data)
+        return json.loads(data, parse_float=js_float)
 
 
 def parse_event(value: bytes | None) -> PluginEvent:

@@ -74,7 +74,16 @@ async def test_5_2_06_distinct_id_longer_than_200(
 async def test_5_2_07_missing_event_name(
     pg: asyncpg.Pool, ingestor: PostgresIngestor, dead_letters: PostgresDeadLetterQueue
 ) -> None:
-    assert await _one_bad_in_batch(pg, ingestor, dead_letters, make_event(None)) == "Event name is missing"
+    nameless = make_event()
+    del nameless["event"]
+    assert await _one_bad_in_batch(pg, ingestor, dead_letters, nameless) == "Event name is missing"
+
+
+async def test_5_2_07_null_event_name_is_its_json_text(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
+    """Only a missing name fails; a null one is a non-string like any other (seen in the original)."""
+    assert await ingest(ingestor, make_event(None)) == [Outcome.INGESTED]
+    assert [e["event"] for e in await events(pg)] == ["null"]
+    assert await pg.fetchval("SELECT name FROM posthog_eventdefinition") == "null"
 
 
 async def test_5_2_08_cuts_count_utf16_code_units(pg: asyncpg.Pool, ingestor: PostgresIngestor) -> None:
@@ -371,3 +380,54 @@ async def test_person_updates_in_one_batch_apply_in_order(
         (["a1", "a2", "b1"], {"n": 3, "from": "a1", "first": "a2", "b": True}),
         (["new-one"], {"fresh": 1}),
     ]
+
+
+async def test_element_classes_are_stored_and_hashed_sorted(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """The original builds the elements chain before the element group in Postgres mode too, and
+    that sorts each element's classes in place. Hashes computed by the original server."""
+    autocapture = [
+        {
+            "tag_name": "a",
+            "$el_text": "Click me",
+            "attr__href": "/docs?x=1",
+            "attr__class": "btn btn-primary",
+            "attr__id": "go",
+            "nth_child": 1,
+            "nth_of_type": 2,
+            "attr__data-attr": 'say "hi"; ok',
+            "attr__style": "color: red",
+        },
+        {"tag_name": "div", "attr__class": "container  main", "nth_child": 3, "nth_of_type": 1},
+        {"tag_name": "body", "nth_child": 1, "nth_of_type": 1},
+    ]
+    unsorted = [{"tag_name": "a", "$el_text": None, "attr__class": "b a"}]
+    await ingest(
+        ingestor,
+        make_event("$autocapture", "el", {"$elements": autocapture}),
+        make_event("$autocapture", "el", {"$elements": unsorted}),
+    )
+    first, second = await events(pg)
+    assert first["elements_hash"] == "5fd4645bb2672a9942f7212cb19c335b"
+    assert [e.get("attr_class") for e in first["elements"]] == [
+        ["btn", "btn-primary"],
+        ["", "container", "main"],
+        None,
+    ]
+    assert second["elements_hash"] == "0506af3a71eb60333408e97df795cf01"
+    assert second["elements"][0]["attr_class"] == ["a", "b"]
+    rows = await pg.fetch("SELECT attr_class FROM posthog_element WHERE attr_class IS NOT NULL ORDER BY id")
+    assert [r["attr_class"] for r in rows] == [["btn", "btn-primary"], ["", "container", "main"], ["a", "b"]]
+
+
+async def test_identify_with_its_own_id_as_anon_id_creates_the_person(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    """Nothing to alias when both ids are the same: the person is created as for any event, with
+    `sent_at` as its creation time (seen in the original)."""
+    event = make_event("$identify", "user-8", {"$anon_distinct_id": "user-8"})
+    assert await ingest(ingestor, event) == [Outcome.INGESTED]
+    [person] = await persons(pg)
+    assert await distinct_ids_of(pg, person["id"]) == ["user-8"]
+    assert person["created_at"] == datetime.fromisoformat(event["sent_at"].replace("Z", "+00:00"))

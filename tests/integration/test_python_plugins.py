@@ -101,7 +101,8 @@ async def test_6_8_104_job_enqueued_by_process_event_runs_and_retries(
             return (await storage(pg)).get("reply")
 
         assert json.loads(await wait_until(replied)) == {"seq": 1}
-        assert await redis.get("@plugin/60/2/replies") == b"1"
+        # the job's cache increment comes after its storage write: wait for it too
+        assert await wait_until(lambda: redis.get("@plugin/60/2/replies")) == b"1"
 
         async def retried() -> Any:
             return (await storage(pg)).get("flaky")

@@ -247,3 +247,18 @@ async def test_a_sandbox_whose_channel_fails_to_open_leaves_nothing_running(
     assert not sandbox.alive
     assert len(os.listdir("/proc/self/fd")) <= before
     del failure
+
+
+async def test_integral_floats_a_plugin_returns_are_javascript_numbers() -> None:
+    pool = SandboxPool(1, HostServices())
+    await pool.start()
+    try:
+        source = (
+            "def process_event(event, meta):\n    event['n'] = 2.0\n    event['x'] = 2.5\n    return event\n"
+        )
+        pool.register("39:1", spec(), source, CONTEXT)
+        [outcome] = await pool.call("39:1", "process_event", [[{"a": 1}]], 5.0)
+        assert outcome.ok and outcome.value == {"a": 1, "n": 2, "x": 2.5}
+        assert type(outcome.value["n"]) is int
+    finally:
+        await pool.stop()

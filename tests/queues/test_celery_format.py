@@ -188,9 +188,11 @@ def test_5_2_05_non_string_distinct_id_becomes_js_string(value: Any, expected: s
     assert event_from_task(parse_celery_message(raw), raw).event["distinct_id"] == expected
 
 
-def test_null_distinct_id_stays_null_for_the_pipeline() -> None:
+def test_5_2_05_null_distinct_id_is_left_out_so_the_pipeline_reads_undefined() -> None:
+    """`distinct_id?.toString()` in the original makes a null id undefined (seen: it stores the
+    event and person as "undefined")."""
     raw = django_event(data={**DATA, "distinct_id": None})
-    assert event_from_task(parse_celery_message(raw), raw).event["distinct_id"] is None
+    assert "distinct_id" not in event_from_task(parse_celery_message(raw), raw).event
 
 
 def test_plugin_capture_envelope_matches_the_originals_and_parses() -> None:
@@ -341,3 +343,19 @@ def test_bad_plugin_job_arguments(args: list[Any]) -> None:
     with pytest.raises(CeleryMessageError) as err:
         job_from_task(parse_celery_message(raw))
     assert err.value.reason == "bad_arguments"
+
+
+def test_integral_floats_are_read_as_javascript_numbers() -> None:
+    """Python SDKs and Django write `1.0`; the original parsed it as the number 1 and stored `1`."""
+    properties = {"one": 1.0, "half": 0.5, "thousand": 1e3, "minus_zero": -0.0, "huge": 1e300, "big": 2**70}
+    raw = django_event(data={**DATA, "properties": properties})
+    event = event_from_task(parse_celery_message(raw), raw).event
+    assert event["properties"] == {
+        "one": 1,
+        "half": 0.5,
+        "thousand": 1000,
+        "minus_zero": 0,
+        "huge": 1e300,
+        "big": 2**70,
+    }
+    assert [type(event["properties"][k]) for k in ("one", "thousand", "minus_zero")] == [int, int, int]

@@ -199,6 +199,9 @@ def test_1_2_3_event_assembly() -> None:
     no_id = json.loads(value)
     no_id["distinct_id"] = None
     assert "distinct_id" not in parse_event(json.dumps(no_id).encode())
+    floats = json.loads(value)
+    floats["data"] = json.dumps({"event": "e", "properties": {"one": 1.0, "half": 0.5}})
+    assert parse_event(json.dumps(floats).encode())["properties"] == {"one": 1, "half": 0.5}
 
 
 async def test_every_event_comes_out_and_offsets_are_committed(rig: Rig) -> None:
