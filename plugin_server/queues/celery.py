@@ -41,7 +41,7 @@ from plugin_server.queues.celery_format import (
     job_from_task,
     parse_celery_message,
 )
-from plugin_server.queues.failures import is_infrastructure_error
+from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
 
 log = get_logger(__name__)
 
@@ -397,19 +397,11 @@ class CeleryConsumer:
     async def _ingest_alone(self, event: IncomingEvent) -> Outcome:
         """Ingest one event; dead-letter it if it fails twice for a reason of its own."""
         assert self._ingestor is not None
-        failure: BaseException | None = None
-        for attempt in range(2):
-            try:
-                [outcome] = await self._ingestor.ingest([event])
-                return outcome
-            except Exception as exc:
-                if is_infrastructure_error(exc):
-                    raise
-                failure = exc
-                if attempt == 0:
-                    await self._sleep(0.1)
-        log.warning("event dead-lettered: it failed alone", error=repr(failure), team_id=event.team_id)
-        await self._dead_letters.record(event.raw, str(failure) or repr(failure), INGEST_STAGE, event.team_id)
+        result = await ingest_alone(self._ingestor, event, self._sleep)
+        if not isinstance(result, Exception):
+            return result
+        log.warning("event dead-lettered: it failed alone", error=repr(result), team_id=event.team_id)
+        await self._dead_letters.record(event.raw, str(result) or repr(result), INGEST_STAGE, event.team_id)
         return Outcome.DEAD_LETTERED
 
     async def _step_overlapped(self, ingestor: StagedIngestor[Any]) -> None:

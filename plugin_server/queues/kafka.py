@@ -33,7 +33,7 @@ from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
-from plugin_server.queues.failures import is_infrastructure_error
+from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
 from plugin_server.queues.kafka_client import client_options
 from plugin_server.queues.kafka_producer import BatchingProducer
 
@@ -359,24 +359,11 @@ class KafkaIngestionConsumer:
 
     async def _ingest_alone(self, event: IncomingEvent) -> None:
         """Ingest one event; dead-letter it if it fails twice for a reason of its own."""
-        failure: BaseException | None = None
-        for attempt in range(2):
-            try:
-                async with asyncio.timeout(self._batch_timeout):
-                    await self._ingestor.ingest([event])
-                return
-            except Exception as exc:
-                if is_infrastructure_error(exc):
-                    raise
-                failure = exc
-                if attempt == 0:
-                    await self._sleep(0.1)
-        assert failure is not None
-        if isinstance(failure, TimeoutError):
-            failure = TimeoutError(f"ingestion took longer than {self._batch_timeout:g} s")
-        await self._dead_letters.record(
-            event.raw, str(failure), ERROR_LOCATION_INGEST, event.team_id, event.event
-        )
+        result = await ingest_alone(self._ingestor, event, self._sleep, self._batch_timeout)
+        if isinstance(result, Exception):
+            await self._dead_letters.record(
+                event.raw, str(result), ERROR_LOCATION_INGEST, event.team_id, event.event
+            )
 
     def _rewind(self, batch: Mapping[Any, list[Any]]) -> None:
         consumer = self._consumer
