@@ -8,7 +8,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-_encoder = msgspec.json.Encoder()
+from plugin_server.ingestion.js import encode_js_float
+
+_encoder = msgspec.json.Encoder(enc_hook=encode_js_float)
 
 
 def _encode_json(value: Any) -> str:

@@ -29,13 +29,27 @@ def truthy(value: Any) -> bool:
 _INT64 = 2**63
 
 
+class JSFloat(float):
+    """A float whose JSON text differs between msgspec and JavaScript (`1e+21` vs `1e21`): the
+    encoders write it as JavaScript does."""
+
+
 def js_float(text: str) -> float | int:
     """A JSON number with a fraction or exponent, read as JavaScript keeps it: integral values are
-    plain integers (`1.0` is stored and sent on as `1`, as the original writes it)."""
+    plain integers (`1.0` is stored and sent on as `1`, as the original writes it); the rare float
+    msgspec would print unlike JavaScript is marked to be printed JavaScript's way."""
     value = float(text)
     if value.is_integer() and -_INT64 < value < _INT64:
         return int(value)
+    if math.isfinite(value) and _PLAIN_ENCODER.encode(value).decode() != number_text(value):
+        return JSFloat(value)
     return value
+
+
+def encode_js_float(value: Any) -> Any:
+    if isinstance(value, JSFloat):
+        return msgspec.Raw(number_text(value).encode())
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
 
 
 def number_text(value: float | int) -> str:
@@ -81,7 +95,8 @@ def js_string(value: Any) -> str:
     return "[object Object]"
 
 
-_JSON_ENCODER = msgspec.json.Encoder()
+_PLAIN_ENCODER = msgspec.json.Encoder()
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=encode_js_float)
 
 
 def json_text(value: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from plugin_server.ingestion.js import encode_js_float
 from plugin_server.ingestion.js import json_text as js_json_text
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.queues.kafka_producer import KafkaMessage, ProducerRecord
@@ -33,7 +34,7 @@ ERROR_LOCATION_PARSE = "plugin_server_parse_message"
 # What luxon prints for a date it could not parse; ClickHouse sees the same text as before.
 INVALID_DATETIME = "Invalid DateTime"
 
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=encode_js_float)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -30,7 +30,7 @@ import msgspec
 import structlog
 from backports import interpreters
 
-from plugin_server.ingestion.js import js_float
+from plugin_server.ingestion.js import encode_js_float, js_float
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from sandbox import protocol
 
@@ -40,7 +40,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 MIN_CHUNK = 32  # events per hand-over below which a batch is not split across sandboxes
 # The host side encodes call batches and decodes answers with msgspec (several times faster than
 # the json module, which the sandboxes use); frames carrying bytes use the protocol's own marker.
-_fast_encoder = msgspec.json.Encoder()
+_fast_encoder = msgspec.json.Encoder(enc_hook=encode_js_float)
 _fast_decoder = msgspec.json.Decoder(float_hook=js_float)  # what plugins return, read as JS would
 _BYTES_MARKER = b'"$bytes"'
 

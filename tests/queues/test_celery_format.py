@@ -359,3 +359,12 @@ def test_integral_floats_are_read_as_javascript_numbers() -> None:
         "big": 2**70,
     }
     assert [type(event["properties"][k]) for k in ("one", "thousand", "minus_zero")] == [int, int, int]
+
+
+def test_floats_javascript_prints_otherwise_keep_javascript_text() -> None:
+    """§5.2 #29: `1e21` is `1e+21` in the original's JSON; small and huge values likewise."""
+    from plugin_server.ingestion.js import json_text
+
+    raw = django_event(data={**DATA, "properties": {"a": 1e21, "b": 1.5e300, "c": 1e-7, "d": 0.000001}})
+    properties = event_from_task(parse_celery_message(raw), raw).event["properties"]
+    assert json_text(properties) == '{"a":1e+21,"b":1.5e+300,"c":1e-7,"d":0.000001}'
