@@ -48,8 +48,8 @@ class KafkaEventWriter:
                     team_id=item.team.id,
                     distinct_id=item.distinct_id,
                     timestamp=timestamp,
-                    session_id=item.session_id,
-                    snapshot_json=item.properties_json,
+                    **({} if item.session_id is None else {"session_id": item.session_id}),
+                    snapshot_json=None if item.snapshot_missing else item.properties_json,
                 )
             else:
                 if item.name == GROUP_IDENTIFY_EVENT:

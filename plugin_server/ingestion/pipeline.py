@@ -221,11 +221,16 @@ class PostgresIngestor:
             team_id = team_id_of(event)
             try:
                 item = prepare_event(
-                    position, event, teams.get(team_id) if team_id is not None else None, now, self._max_bytes
+                    position,
+                    event,
+                    teams.get(team_id) if team_id is not None else None,
+                    now,
+                    self._max_bytes,
+                    kafka=self._publish is not None,
                 )
                 if not item.is_snapshot and isinstance(item.properties.get("$groups"), dict):
                     await self.group_types.add_group_properties(item.team.id, item.properties)
-                finish_properties(item, self._max_bytes)
+                finish_properties(item, self._max_bytes, kafka=self._publish is not None)
             except EVENT_ERRORS as error:
                 failures.append(_Failure(position, error))
                 continue

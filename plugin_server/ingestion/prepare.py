@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 SNAPSHOT_EVENT = "$snapshot"
 GROUP_IDENTIFY_EVENT = "$groupidentify"
 DISTINCT_ID_LIMIT = 200  # posthog_event.distinct_id, posthog_sessionrecordingevent.distinct_id
+KAFKA_DISTINCT_ID_LIMIT = 400  # posthog_persondistinctid.distinct_id: ClickHouse has no limit
+NULL_ATTRIBUTE_ERROR = "Cannot read properties of null (reading 'toString')"
 SESSION_ID_LIMIT = 200
 
 
@@ -59,7 +61,8 @@ class PreparedEvent:
     identify: tuple[Any, bool] | None = None
     set_props: dict[str, Any] | None = None  # None: no person property update
     set_once_props: dict[str, Any] | None = None
-    session_id: str = ""
+    session_id: str | None = ""  # None: the event had none (Kafka mode leaves the key out)
+    snapshot_missing: bool = False  # no $snapshot_data (Kafka mode leaves the key out)
     # filled while writing
     event_id: int | None = None
     matched: list[Action] = field(default_factory=list)
@@ -88,8 +91,8 @@ def _check_text(label: str, text: str, limit: int | None = None) -> None:
         raise InvalidEvent(f"{label} is longer than {limit} characters")
 
 
-def _check_json(label: str, text: str, max_bytes: int) -> None:
-    if "\\u0000" in text:
+def _check_json(label: str, text: str, max_bytes: int, *, nul_ok: bool = False) -> None:
+    if not nul_ok and "\\u0000" in text:
         raise InvalidEvent(f"{label} contains a NUL character")
     if len(text) > max_bytes and len(text.encode()) > max_bytes:
         raise InvalidEvent(f"{label} is larger than {max_bytes} bytes")
@@ -100,16 +103,26 @@ def _dict_or_empty(value: Any) -> dict[str, Any]:
 
 
 def prepare_event(
-    position: int, event: dict[str, Any], team: Team | None, now_wall: datetime, max_bytes: int
+    position: int,
+    event: dict[str, Any],
+    team: Team | None,
+    now_wall: datetime,
+    max_bytes: int,
+    *,
+    kafka: bool = False,
 ) -> PreparedEvent:
-    """Everything but group properties (`add_group_properties` runs afterwards when `$groups` is set)."""
+    """Everything but group properties (`add_group_properties` runs afterwards when `$groups` is set).
+
+    `kafka`: the event goes to ClickHouse through Kafka, which takes what Postgres would refuse in
+    the event itself (NUL characters, distinct ids over 200 characters, recordings without a
+    session id), as the original's Kafka mode did."""
     uuid = event.get("uuid")
     if not isinstance(uuid, str) or not is_valid_uuid(uuid):
         raise InvalidEvent(f'Not a valid UUID: "{js_string(uuid) if "uuid" in event else "undefined"}"')
     if team is None:
         raise UnknownTeam(f"No team found with ID {js_string(event.get('team_id'))}. Can't ingest event.")
     distinct_id = js_string(event["distinct_id"]) if "distinct_id" in event else "undefined"
-    _check_text("distinct_id", distinct_id, DISTINCT_ID_LIMIT)
+    _check_text("distinct_id", distinct_id, KAFKA_DISTINCT_ID_LIMIT if kafka else DISTINCT_ID_LIMIT)
     properties = event_properties(event)
     now_ms = parse_iso(event.get("now"))
     sent_at_ms = parse_sent_at(event.get("sent_at"))
@@ -122,14 +135,17 @@ def prepare_event(
     view["properties"] = properties
 
     if raw_name == SNAPSHOT_EVENT:
-        if properties.get("$session_id") is None:
+        session_id: str | None = None
+        if properties.get("$session_id") is not None:
+            session_id = js_string(properties["$session_id"])
+            _check_text("$session_id", session_id, None if kafka else SESSION_ID_LIMIT)
+        elif not kafka:
             raise InvalidEvent("$snapshot event without $session_id")
-        if "$snapshot_data" not in properties:
+        snapshot_missing = "$snapshot_data" not in properties
+        if snapshot_missing and not kafka:
             raise InvalidEvent("$snapshot event without $snapshot_data")
-        session_id = js_string(properties["$session_id"])
-        _check_text("$session_id", session_id, SESSION_ID_LIMIT)
-        snapshot_json = json_text(properties["$snapshot_data"])
-        _check_json("$snapshot_data", snapshot_json, max_bytes)
+        snapshot_json = "" if snapshot_missing else json_text(properties["$snapshot_data"])
+        _check_json("$snapshot_data", snapshot_json, max_bytes, nul_ok=kafka)
         return PreparedEvent(
             position=position,
             team=team,
@@ -145,6 +161,7 @@ def prepare_event(
             properties_json=snapshot_json,
             identify=plan,
             session_id=session_id,
+            snapshot_missing=snapshot_missing,
         )
 
     name = sanitize_event_name(raw_name if "event" in event else MISSING_NAME)
@@ -180,9 +197,11 @@ def prepare_event(
                 # the original builds the elements chain first in both modes, which sorts the
                 # classes in place: the stored elements and the group hash see them sorted
                 classes.sort(key=utf16_sort_key)
+        if kafka and any(v is None for el in elements for v in (el.get("attributes") or {}).values()):
+            raise InvalidEvent(NULL_ATTRIBUTE_ERROR)  # the original's elements chain fails on it
         prepared.elements = elements
         prepared.elements_json = json_text(elements)
-        _check_json("$elements", prepared.elements_json, max_bytes)
+        _check_json("$elements", prepared.elements_json, max_bytes, nul_ok=kafka)
         prepared.elements_hash = elements_hash(elements)
         prepared.element_rows = element_rows(elements)
     if name != GROUP_IDENTIFY_EVENT and (truthy(stored.get("$set")) or truthy(stored.get("$set_once"))):
@@ -191,11 +210,11 @@ def prepare_event(
     return prepared
 
 
-def finish_properties(prepared: PreparedEvent, max_bytes: int) -> None:
+def finish_properties(prepared: PreparedEvent, max_bytes: int, *, kafka: bool = False) -> None:
     """Serialize the stored properties (after group properties were added)."""
     if not prepared.is_snapshot:
         prepared.properties_json = json_text(prepared.properties)
-        _check_json("properties", prepared.properties_json, max_bytes)
+        _check_json("properties", prepared.properties_json, max_bytes, nul_ok=kafka)
 
 
 def new_person_uuid() -> str:

@@ -519,3 +519,44 @@ async def test_4_1_35_to_42_clickhouse_copies_match_postgres_after_identify_alia
         ["person_0", "person_1"],
     ]
     assert sorted(m["uuid"] for m in event_messages(out[km.TOPIC_EVENTS])) == sorted(e["uuid"] for e in steps)
+
+
+async def test_5_2_kafka_mode_takes_what_only_postgres_refuses(
+    pg: asyncpg.Pool, kafka_ingestor: PostgresIngestor, producer: BatchingProducer, tail: TopicTail
+) -> None:
+    """NUL characters in values (5.2 #17), distinct ids over 200 characters (#6) and recordings
+    without a session id or data (#15) reach ClickHouse, as in the original's Kafka mode."""
+    nul = make_event("e", "nul-user", {"nul": "a\u0000b"})
+    long_id = make_event("e", "L" * 250)
+    too_long = make_event("e", "L" * 401)
+    no_session = make_event("$snapshot", "rec", {"$snapshot_data": {"a": 1}})
+    no_data = make_event("$snapshot", "rec", {"$session_id": "s1"})
+    outcomes = await ingest(kafka_ingestor, nul, long_id, too_long, no_session, no_data)
+    assert outcomes == [Outcome.INGESTED, Outcome.INGESTED, Outcome.DEAD_LETTERED] + [Outcome.INGESTED] * 2
+    out = await produced(tail, producer)
+    produced_events = {e["uuid"]: e for e in event_messages(out[km.TOPIC_EVENTS])}
+    assert json.loads(produced_events[nul["uuid"]]["properties"])["nul"] == "a\u0000b"
+    assert produced_events[long_id["uuid"]]["distinct_id"] == "L" * 250
+    [dead] = values(out[km.TOPIC_DEAD_LETTER_QUEUE])
+    assert dead["event_uuid"] == too_long["uuid"]
+    assert "distinct_id is longer than 400 characters" in dead["error"]
+    recordings = {r["uuid"]: r for r in values(out[km.TOPIC_SESSION_RECORDING_EVENTS])}
+    assert "session_id" not in recordings[no_session["uuid"]]
+    assert recordings[no_session["uuid"]]["snapshot_data"] == '{"a":1}'
+    assert recordings[no_data["uuid"]]["session_id"] == "s1"
+    assert "snapshot_data" not in recordings[no_data["uuid"]]
+
+
+async def test_5_2_10_null_element_attribute_is_dead_lettered_in_kafka_mode(
+    kafka_ingestor: PostgresIngestor, producer: BatchingProducer, tail: TopicTail
+) -> None:
+    """The original's elements chain fails on a null attribute value (§2.11.3); the next event flows."""
+    bad = make_event("$autocapture", "el", {"$elements": [{"tag_name": "a", "attr__class": None}]})
+    good = make_event("$autocapture", "el", {"$elements": [{"tag_name": "a", "attr__class": "b a"}]})
+    assert await ingest(kafka_ingestor, bad, good) == [Outcome.DEAD_LETTERED, Outcome.INGESTED]
+    out = await produced(tail, producer)
+    [dead] = values(out[km.TOPIC_DEAD_LETTER_QUEUE])
+    assert dead["event_uuid"] == bad["uuid"]
+    assert dead["error"].endswith("Cannot read properties of null (reading 'toString')")
+    [event] = event_messages(out[km.TOPIC_EVENTS])
+    assert event["elements_chain"] == 'a.a.b:attr__class="b a"nth-child="0"nth-of-type="0"'
