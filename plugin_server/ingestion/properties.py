@@ -57,22 +57,22 @@ def sanitize_event_name(name: Any) -> str:
     return utf16_cut(name, EVENT_NAME_LIMIT)
 
 
-_INITIAL_NAMES = tuple((key, f"$initial_{key.removeprefix('$')}") for key in INITIAL_KEYS)
-_CAMPAIGN_INITIAL_NAMES = tuple((key, f"$initial_{key.removeprefix('$')}") for key in CAMPAIGN_KEYS)
+_INITIAL_NAMES = {key: f"$initial_{key.removeprefix('$')}" for key in (*INITIAL_KEYS, *CAMPAIGN_KEYS)}
+_CAMPAIGN = frozenset(CAMPAIGN_KEYS)
 
 
 def with_initial_and_campaign(properties: dict[str, Any]) -> dict[str, Any]:
-    """A copy with campaign values in `$set` and first-touch values in `$set_once` as `$initial_*`."""
+    """A copy with campaign values in `$set` and first-touch values in `$set_once` as `$initial_*`,
+    in the order the properties came in (as the original builds them)."""
     result = dict(properties)
-    initial = [(name, properties[key]) for key, name in _INITIAL_NAMES if key in properties]
-    campaign = [(key, name) for key, name in _CAMPAIGN_INITIAL_NAMES if key in properties]
-    if not campaign and not initial:
+    found = [key for key in properties if key in _INITIAL_NAMES]
+    if not found:
         return result
+    campaign = [key for key in found if key in _CAMPAIGN]
     if campaign:
-        result["$set"] = {**(properties.get("$set") or {}), **{key: properties[key] for key, _ in campaign}}
+        result["$set"] = {**(properties.get("$set") or {}), **{key: properties[key] for key in campaign}}
     set_once = dict(properties.get("$set_once") or {})
-    set_once.update(initial)
-    for key, name in campaign:
-        set_once[name] = properties[key]
+    for key in found:
+        set_once[_INITIAL_NAMES[key]] = properties[key]
     result["$set_once"] = set_once
     return result

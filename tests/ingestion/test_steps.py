@@ -229,3 +229,19 @@ def test_3_6_uuidt_layout() -> None:
     assert is_valid_uuid(first) and first[:13] == second[:13] == f"{ms_hex[:8]}-{ms_hex[8:]}"
     assert int(second[14:18], 16) == int(first[14:18], 16) + 1
     assert is_valid_uuid("017CC6A1-4F2B-0000-8C3E-6B1F2A9D7E01") and not is_valid_uuid("not-a-uuid")
+
+
+def test_initial_and_campaign_values_keep_the_order_the_properties_came_in() -> None:
+    """The original builds `$set_once` from the properties in their order (seen in its Kafka output)."""
+    from plugin_server.ingestion.properties import with_initial_and_campaign
+
+    result = with_initial_and_campaign(
+        {"$current_url": "u", "utm_source": "s", "$browser": "b", "$set_once": {"x": 1}}
+    )
+    assert list(result["$set_once"]) == [
+        "x",
+        "$initial_current_url",
+        "$initial_utm_source",
+        "$initial_browser",
+    ]
+    assert result["$set"] == {"utm_source": "s"}
