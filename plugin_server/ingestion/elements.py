@@ -18,7 +18,10 @@ CLASS_LIMIT = 200  # posthog_element.attr_class is varchar(200)[]
 
 
 class InvalidElements(ValueError):
-    """`$elements` cannot be turned into elements (the original crashed on these too)."""
+    """`$elements` cannot be turned into elements (the original crashed on these too).
+    `state`: the event as processing left it, for the dead-letter record."""
+
+    state: dict[str, Any] | None = None
 
 
 def _optional_text(el: dict[str, Any], key: str, limit: int) -> str | None:

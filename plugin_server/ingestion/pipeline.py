@@ -348,7 +348,8 @@ class PostgresIngestor:
     ) -> None:
         for failure in failures:
             outcomes[failure.position] = Outcome.DEAD_LETTERED
-            await self._dead_letter(batch[failure.position], events[failure.position], failure.error)
+            state = getattr(failure.error, "state", None)  # the event as the failed step left it
+            await self._dead_letter(batch[failure.position], state or events[failure.position], failure.error)
 
     async def _dead_letter(
         self, incoming: IncomingEvent, event: PluginEvent | None, error: BaseException

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from plugin_server.ingestion.elements import element_rows, elements_hash, extract_elements
+from plugin_server.ingestion.elements import InvalidElements, element_rows, elements_hash, extract_elements
 from plugin_server.ingestion.identify import identify_plan
 from plugin_server.ingestion.js import js_string, json_text, truthy, utf16_sort_key
 from plugin_server.ingestion.properties import (
@@ -170,7 +170,11 @@ def prepare_event(
     raw_elements = properties.get("$elements")
     if truthy(raw_elements) and isinstance(raw_elements, list | str) and len(raw_elements) > 0:
         del properties["$elements"]
-        elements = extract_elements(raw_elements)  # type: ignore[arg-type]
+        try:
+            elements = extract_elements(raw_elements)  # type: ignore[arg-type]
+        except InvalidElements as error:
+            error.state = view  # dead-lettered as the original left it: `$elements` taken out
+            raise
     ip = event.get("ip")
     if truthy(ip) and not team.anonymize_ips and "$ip" not in properties:
         properties["$ip"] = ip
@@ -198,7 +202,9 @@ def prepare_event(
                 # classes in place: the stored elements and the group hash see them sorted
                 classes.sort(key=utf16_sort_key)
         if kafka and any(v is None for el in elements for v in (el.get("attributes") or {}).values()):
-            raise InvalidEvent(NULL_ATTRIBUTE_ERROR)  # the original's elements chain fails on it
+            failure = InvalidEvent(NULL_ATTRIBUTE_ERROR)  # the original's elements chain fails on it
+            failure.state = {**view, "properties": properties}  # with `$ip`, without `$elements`
+            raise failure
         prepared.elements = elements
         prepared.elements_json = json_text(elements)
         _check_json("$elements", prepared.elements_json, max_bytes, nul_ok=kafka)

@@ -21,7 +21,9 @@ INITIAL_KEYS = (
 
 
 class InvalidEvent(ValueError):
-    """The event cannot be ingested as given."""
+    """The event cannot be ingested as given. `state`: the event as processing left it, if changed."""
+
+    state: dict[str, Any] | None = None
 
 
 def event_properties(data: dict[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,9 @@ async def test_5_2_10_elements_edge_cases(
         await _one_bad_in_batch(pg, ingestor, dead_letters, bad)
         == "element $el_text must be a string, got int"
     )
+    # recorded as the original left the event: `$elements` already taken out (spec §3.3.6)
+    [record] = await dead_letter_rows(pg)
+    assert record["event"]["properties"] == {}
 
 
 async def test_5_2_10_element_value_out_of_range_spoils_only_its_event(

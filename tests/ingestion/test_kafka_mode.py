@@ -558,5 +558,7 @@ async def test_5_2_10_null_element_attribute_is_dead_lettered_in_kafka_mode(
     [dead] = values(out[km.TOPIC_DEAD_LETTER_QUEUE])
     assert dead["event_uuid"] == bad["uuid"]
     assert dead["error"].endswith("Cannot read properties of null (reading 'toString')")
+    # the event as the original left it: elements taken out, `$ip` added
+    assert json.loads(dead["properties"]) == {"$ip": "127.0.0.1"}
     [event] = event_messages(out[km.TOPIC_EVENTS])
     assert event["elements_chain"] == 'a.a.b:attr__class="b a"nth-child="0"nth-of-type="0"'
