@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from plugin_server.plugins import queries
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.logs import LogTarget, PluginLogSink
+from plugin_server.services.plugin_host import PluginConfigRef
+from plugin_server.services.plugin_metrics import OPERATIONS, PluginMetrics
 
 CONSOLE_TYPES = frozenset({"DEBUG", "LOG", "INFO", "WARN", "ERROR"})
 
@@ -29,27 +31,16 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-class PluginMetricsStore:
-    """In-memory aggregation per plugin config; missing means unset (the original's 0-as-unset
-    quirk 8.14 is not kept)."""
-
-    def __init__(self) -> None:
-        self.values: dict[int, dict[str, float]] = {}
-
-    def update(self, plugin_config_id: int, name: str, kind: str, value: float) -> None:
-        metrics = self.values.setdefault(plugin_config_id, {})
-        current = metrics.get(name)
-        if current is None:
-            metrics[name] = value
-        elif kind == "sum":
-            metrics[name] = current + value
-        elif kind == "max":
-            metrics[name] = max(current, value)
-        elif kind == "min":
-            metrics[name] = min(current, value)
-
-    def take(self, plugin_config_id: int) -> dict[str, float]:
-        return self.values.pop(plugin_config_id, {})
+def config_ref(context: PluginContext, plugin_tag: str | None = None) -> PluginConfigRef:
+    """The host services' name for the plugin config a request came from."""
+    return PluginConfigRef(
+        id=context.plugin_config_id,
+        team_id=context.team_id or 0,
+        plugin_id=context.plugin_id,
+        plugin_name=context.plugin_name,
+        plugin_tag=plugin_tag,
+        organization_id=context.organization_id,
+    )
 
 
 def register_meta_services(
@@ -57,7 +48,7 @@ def register_meta_services(
     pg: asyncpg.Pool,
     redis: aioredis.Redis,
     logs: PluginLogSink,
-    metrics: PluginMetricsStore,
+    metrics: PluginMetrics,
 ) -> None:
     # -- cache
     async def cache_set(ctx: PluginContext, key: str, value: str, ttl: float | None) -> None:
@@ -115,7 +106,7 @@ def register_meta_services(
         logs.write(log_target(ctx), "CONSOLE", level if level in CONSOLE_TYPES else "LOG", message)
 
     def metrics_update(ctx: PluginContext, name: str, kind: str, value: float) -> None:
-        metrics.update(ctx.plugin_config_id, name, kind, value)
+        metrics.update(config_ref(ctx), name, OPERATIONS[kind], value)
 
     handlers: dict[str, Any] = {
         "cache.set": cache_set,

@@ -28,7 +28,7 @@ from plugin_server.plugins.js.sandbox_runtime import JSRuntime
 from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.lifecycle import ConfigInfo, LoadedConfig, same_generation
 from plugin_server.plugins.logs import PluginLogSink
-from plugin_server.plugins.meta_services import PluginMetricsStore, log_target, register_meta_services
+from plugin_server.plugins.meta_services import log_target, register_meta_services
 from plugin_server.plugins.pool import CallOutcome, SandboxPool
 from plugin_server.plugins.registry import fetch_plugin_configs
 from plugin_server.plugins.runtime import (
@@ -39,6 +39,8 @@ from plugin_server.plugins.runtime import (
     UnsupportedRuntime,
 )
 from plugin_server.queues.kafka_producer import BatchingProducer
+from plugin_server.services.plugin_host import PluginConfigRef
+from plugin_server.services.plugin_metrics import PluginMetrics
 
 log = get_logger(__name__)
 
@@ -58,6 +60,10 @@ SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 TEARDOWN_SECONDS = 5.0
 MAX_DEFERRED_EVENTS = 20_000
 TASK_TIMEOUT_FACTOR = 10  # scheduled tasks and jobs get one overall limit of 10 x TASK_TIMEOUT
+
+
+async def _no_capture(ref: PluginConfigRef, event: str, properties: Mapping[str, Any]) -> None:
+    """A runner without the host services has nowhere to send its plugins' metrics."""
 
 
 def _result_label(outcome: CallOutcome) -> str:
@@ -88,7 +94,8 @@ class PluginRunner:
         self.services = services or HostServices()
         self.logs = PluginLogSink(pg, instance_id, flush_seconds=log_flush_seconds, producer=log_producer)
         self.errors = ErrorRecorder(pg, self.logs)
-        self.metrics = PluginMetricsStore()
+        # aggregated here when the runner is used without the host services (which capture them)
+        self.metrics = PluginMetrics(_no_capture)
         self.pool = SandboxPool(
             settings.sandbox_count,
             self.services,

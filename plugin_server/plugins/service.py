@@ -16,6 +16,7 @@ from plugin_server.context import AppContext
 from plugin_server.logs import get_logger
 from plugin_server.plugins.host_services import PluginContext
 from plugin_server.plugins.lifecycle import LoadedConfig
+from plugin_server.plugins.meta_services import config_ref
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
 from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
@@ -26,17 +27,6 @@ log = get_logger(__name__)
 
 PLUGIN_RUNNER = "plugin_runner"
 PLUGINS = "plugins"
-
-
-def config_ref(context: PluginContext, plugin_tag: str | None = None) -> PluginConfigRef:
-    return PluginConfigRef(
-        id=context.plugin_config_id,
-        team_id=context.team_id or 0,
-        plugin_id=context.plugin_id,
-        plugin_name=context.plugin_name,
-        plugin_tag=plugin_tag,
-        organization_id=context.organization_id,
-    )
 
 
 class PluginRunnerHost:

@@ -273,10 +273,10 @@ async def test_6_5_88_to_90_metric_operations(make_vm: Loader, runner: PluginRun
     await vm.call_method("processEvent", default_event())
     expected = {"metric1": 100, "metric2": 10, "metric3": 1}
     for _ in range(50):  # metric updates are notifications: they land after the call returns
-        if runner.metrics.values.get(39) == expected:
+        if runner.metrics.current(39) == expected:
             break
         await asyncio.sleep(0.01)
-    assert runner.metrics.values.get(39) == expected
+    assert runner.metrics.current(39) == expected
     with pytest.raises(CallFailed) as wrong_op:
         await vm.run_task("runEveryMinute")
     assert (wrong_op.value.error.name, wrong_op.value.error.message) == (

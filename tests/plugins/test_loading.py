@@ -388,7 +388,7 @@ async def test_6_5_88_to_90_metric_operations(
     async with plugin_runner() as runner:
         await runner.process_events([default_event(event="ops")])
         await asyncio.sleep(0.05)
-        assert runner.metrics.values[39] == {"metric1": 100, "metric2": 10, "metric3": 1}
+        assert runner.metrics.current(39) == {"metric1": 100, "metric2": 10, "metric3": 1}
         await runner.process_events([default_event(event="wrong_op")])
         await asyncio.sleep(0.05)
         assert (await config_error(pg))["name"] == "AttributeError"
