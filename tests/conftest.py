@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from plugin_server.config import Settings, load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import create_pool
 from plugin_server.ingestion import kafka_messages as km
+from plugin_server.plugins.pool import sandbox_threads_alive
 from tests.kafka_broker import tansu_broker
 from tests.kafka_topics import ensure_topics
 
@@ -151,3 +153,21 @@ def run_server() -> Callable[[Settings], contextlib.AbstractAsyncContextManager[
             await server.shutdown()
 
     return running
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # A test that abandoned a sandbox stuck inside C code leaves its thread running, and the
+    # interpreter's exit would wait for it (as `python -m plugin_server` does, leave without).
+    if sandbox_threads_alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)
