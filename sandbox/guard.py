@@ -231,6 +231,10 @@ KEPT_SIGNAL_FUNCTIONS = frozenset(
 REFUSED_THREAD_FUNCTIONS = frozenset({"interrupt_main", "stack_size"})
 
 
+def is_forbidden_module(name: str) -> bool:
+    return name in FORBIDDEN_MODULES or name.split(".", 1)[0] in FORBIDDEN_MODULES
+
+
 def forbidden_import_message(name: str) -> str:
     return f"Cannot import '{name}'! This package is not provided by PostHog in plugins."
 
@@ -273,7 +277,7 @@ def make_audit_hook(
                 raise PermissionError(f"Plugins may not list {os.fsdecode(path or '.')!r}")
         elif event == "import":
             name = args[0]
-            if name in FORBIDDEN_MODULES or name.split(".", 1)[0] in FORBIDDEN_MODULES:
+            if is_forbidden_module(name):
                 raise ImportError(forbidden_import_message(name))
 
     return audit
@@ -330,7 +334,7 @@ def _guard_module_creation() -> None:
     def guarded(create: Callable[..., Any]) -> Callable[..., Any]:
         def create_module(spec: Any, *args: Any) -> Any:
             name = str(getattr(spec, "name", ""))
-            if name in FORBIDDEN_MODULES or name.split(".", 1)[0] in FORBIDDEN_MODULES:
+            if is_forbidden_module(name):
                 raise ImportError(forbidden_import_message(name))
             return create(spec, *args)
 

@@ -331,24 +331,6 @@ class Response:
         return json.loads(self.body)
 
 
-def _mapped(source: asyncio.Future[Any], convert: Callable[[Any], Any]) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def done(raw: asyncio.Future[Any]) -> None:
-        if raw.cancelled():
-            future.cancel()
-        elif raw.exception() is not None:
-            future.set_exception(raw.exception())  # type: ignore[arg-type]
-        else:
-            try:
-                future.set_result(convert(raw.result()))
-            except Exception as exc:
-                future.set_exception(exc)
-
-    source.add_done_callback(done)
-    return future
-
-
 def _response(plain: Any) -> Response:
     status, status_text, url, headers, body = plain
     if isinstance(body, str):
@@ -375,7 +357,7 @@ class PosthogApi:
         self._request = request
 
     def _call(self, method: str, path: str, **options: Any) -> asyncio.Future[Any]:
-        return _mapped(self._request("posthog.api", [method, path, options]), _response)
+        return _then(self._request("posthog.api", [method, path, options]), _response)
 
     def get(self, path: str, **options: Any) -> asyncio.Future[Any]:
         return self._call("GET", path, **options)
@@ -426,7 +408,7 @@ class Meta:
         self.team_id: int | None = spec.get("team_id")
 
     def fetch(self, url: str, **options: Any) -> asyncio.Future[Any]:
-        return _mapped(self._request("fetch", [url, options]), _response)
+        return _then(self._request("fetch", [url, options]), _response)
 
     def __getitem__(self, key: str) -> Any:
         if key == "global":
