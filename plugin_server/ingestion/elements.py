@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from plugin_server.ingestion.js import js_string, number_text, truthy, utf16_cut, utf16_sort_key
+from plugin_server.ingestion.properties import InvalidEvent
 
 Element = dict[str, Any]
 
@@ -17,11 +18,8 @@ HREF_LIMIT = 2048
 CLASS_LIMIT = 200  # posthog_element.attr_class is varchar(200)[]
 
 
-class InvalidElements(ValueError):
-    """`$elements` cannot be turned into elements (the original crashed on these too).
-    `state`: the event as processing left it, for the dead-letter record."""
-
-    state: dict[str, Any] | None = None
+class InvalidElements(InvalidEvent):
+    """`$elements` cannot be turned into elements (the original crashed on these too)."""
 
 
 def _optional_text(el: dict[str, Any], key: str, limit: int) -> str | None:

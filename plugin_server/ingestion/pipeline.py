@@ -212,6 +212,7 @@ class PostgresIngestor:
                     if teams[team_id] is not None:
                         await self.definitions.load(team_id)
         now = datetime.now(UTC)
+        kafka = self._publish is not None
         prepared = []
         for position, event in enumerate(events):
             if event is None:
@@ -226,11 +227,11 @@ class PostgresIngestor:
                     teams.get(team_id) if team_id is not None else None,
                     now,
                     self._max_bytes,
-                    kafka=self._publish is not None,
+                    kafka=kafka,
                 )
                 if not item.is_snapshot and isinstance(item.properties.get("$groups"), dict):
                     await self.group_types.add_group_properties(item.team.id, item.properties)
-                finish_properties(item, self._max_bytes, kafka=self._publish is not None)
+                finish_properties(item, self._max_bytes, kafka=kafka)
             except EVENT_ERRORS as error:
                 failures.append(_Failure(position, error))
                 continue
@@ -348,7 +349,8 @@ class PostgresIngestor:
     ) -> None:
         for failure in failures:
             outcomes[failure.position] = Outcome.DEAD_LETTERED
-            state = getattr(failure.error, "state", None)  # the event as the failed step left it
+            # the event as the failed step left it, when that step changed it
+            state = failure.error.state if isinstance(failure.error, InvalidEvent) else None
             await self._dead_letter(batch[failure.position], state or events[failure.position], failure.error)
 
     async def _dead_letter(

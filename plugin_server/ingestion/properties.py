@@ -21,7 +21,8 @@ INITIAL_KEYS = (
 
 
 class InvalidEvent(ValueError):
-    """The event cannot be ingested as given. `state`: the event as processing left it, if changed."""
+    """The event cannot be ingested as given. `state`: the event as processing left it, when
+    processing had changed it (for the dead-letter record)."""
 
     state: dict[str, Any] | None = None
 

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from plugin_server.ingestion.api import Ingestor, StagedIngestor
 from plugin_server.ingestion.dead_letter import DeadLetterQueue
+from plugin_server.ingestion.pipeline import STAGE_INGESTION
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
@@ -47,7 +48,6 @@ log = get_logger(__name__)
 
 PARSE_STAGE = "celery_parse"
 PLUGIN_JOB_STAGE = "celery_plugin_job"
-INGEST_STAGE = "plugin_server_ingest_event"  # as the pipeline's own dead letters
 # How long one blocking wait on an empty queue lasts (at most) before it is simply issued again.
 BLOCK_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 10.0
@@ -401,7 +401,9 @@ class CeleryConsumer:
         if not isinstance(result, Exception):
             return result
         log.warning("event dead-lettered: it failed alone", error=repr(result), team_id=event.team_id)
-        await self._dead_letters.record(event.raw, str(result) or repr(result), INGEST_STAGE, event.team_id)
+        await self._dead_letters.record(
+            event.raw, str(result) or repr(result), STAGE_INGESTION, event.team_id
+        )
         return Outcome.DEAD_LETTERED
 
     async def _step_overlapped(self, ingestor: StagedIngestor[Any]) -> None:
