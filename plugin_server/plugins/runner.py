@@ -86,6 +86,7 @@ class PluginRunner:
         retry_delay_scale: float = 1.0,
         log_flush_seconds: float = 1.0,
         log_producer: BatchingProducer | None = None,
+        metrics: PluginMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.pg = pg
@@ -94,8 +95,8 @@ class PluginRunner:
         self.services = services or HostServices()
         self.logs = PluginLogSink(pg, instance_id, flush_seconds=log_flush_seconds, producer=log_producer)
         self.errors = ErrorRecorder(pg, self.logs)
-        # aggregated here when the runner is used without the host services (which capture them)
-        self.metrics = PluginMetrics(_no_capture)
+        # the host services' metrics (captured as $$plugin_metrics); without them, only aggregated
+        self.metrics = metrics or PluginMetrics(_no_capture)
         self.pool = SandboxPool(
             settings.sandbox_count,
             self.services,

@@ -21,7 +21,6 @@ from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
 from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
-from plugin_server.services.plugin_metrics import OPERATIONS
 
 log = get_logger(__name__)
 
@@ -115,13 +114,7 @@ def bridge_host_services(runner: PluginRunner, host: Any) -> None:
         args = (url, options.get("method"), options.get("headers"), body, options.get("timeout"))
         return await host.call(config_ref(ctx), "fetch", args)
 
-    def metrics_update(ctx: PluginContext, name: str, kind: str, value: float) -> None:
-        # In the server, the metrics service aggregates and captures $$plugin_metrics (the runner's
-        # own store only serves a runner used without the host services).
-        host.metrics.update(config_ref(ctx), name, OPERATIONS[kind], value)
-
     handlers: dict[str, Any] = {
-        "metrics.update": metrics_update,
         "geoip.locate": geoip_locate,
         "jobs.enqueue": jobs_enqueue,
         "posthog.capture": capture,
@@ -139,8 +132,14 @@ class PluginRunnerService:
         self.ctx = ctx
         # Kafka mode: plugin log entries go to the plugin_log_entries topic (ClickHouse reads it)
         log_producer = ctx.extras.get(KAFKA_PRODUCER) if ctx.settings.kafka_enabled else None
+        host = ctx.extras.get("host_services")
         self.runner = PluginRunner(
-            ctx.settings, ctx.postgres, ctx.redis, ctx.instance_id, log_producer=log_producer
+            ctx.settings,
+            ctx.postgres,
+            ctx.redis,
+            ctx.instance_id,
+            log_producer=log_producer,
+            metrics=host.metrics if host is not None else None,
         )
         ctx.extras[PLUGIN_RUNNER] = self.runner
         ctx.extras[PLUGINS] = PluginRunnerHost(self.runner)
