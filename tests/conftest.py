@@ -22,6 +22,7 @@ from plugin_server.ingestion import kafka_messages as km
 from plugin_server.plugins.pool import sandbox_threads_alive
 from tests.kafka_broker import tansu_broker
 from tests.kafka_topics import ensure_topics
+from tests.outside_reads import OutsideReads
 
 PG_HOST = os.environ.get("TEST_POSTGRES_HOST", "127.0.0.1")
 PG_ROOT = f"postgres://postgres@{PG_HOST}:5432"
@@ -156,11 +157,18 @@ def run_server() -> Callable[[Settings], contextlib.AbstractAsyncContextManager[
 
 
 _exit_status = 0
+OUTSIDE_READS = OutsideReads()
+sys.addaudithook(OUTSIDE_READS.audit)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _exit_status
-    _exit_status = int(exitstatus)
+    if OUTSIDE_READS.paths:
+        # A test read a file beside the checkout, which a fresh clone does not have.
+        names = sorted(set(OUTSIDE_READS.paths))
+        sys.stderr.write("\nfiles read outside the repository:\n  " + "\n  ".join(names) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _exit_status = int(session.exitstatus)
 
 
 @pytest.hookimpl(trylast=True)

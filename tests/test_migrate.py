@@ -1,5 +1,5 @@
 """`--migrate`: idempotent, safe when two instances run it at once, and compatible with a
-database the PostHog app made (shared/schema/posthog.sql)."""
+database the PostHog app made (tests/fixtures/posthog.sql)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 
 from plugin_server.db.migrate import load_migrations
 from tests.conftest import PG_ROOT, REDIS_URL, _admin
+from tests.fixtures import FIXTURES
 from tests.kafka_broker import free_port
 from tests.server_process import ROOT, server_env, server_process, wait_ready
-from tests.shared_docs import shared_dir
 
-POSTHOG_SQL = shared_dir() / "schema" / "posthog.sql"
+POSTHOG_SQL = FIXTURES / "posthog.sql"
 
 
 @pytest.fixture
