@@ -1,5 +1,6 @@
 """Group types: the per-team `group_type -> index` mapping (at most 5, first come first served)
-and the `$group_N` event properties (spec/ingestion.md §2.10). Postgres mode stores no group rows."""
+and the `$group_N` event properties (spec/ingestion.md §2.10). A `$groupidentify` registers its
+group type in both modes; Postgres mode stores no group rows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from plugin_server.ingestion import queries
+from plugin_server.ingestion.js import js_string, truthy
 from plugin_server.ingestion.teams import CACHE_SECONDS
 
 MAX_GROUP_TYPES = 5
@@ -59,3 +61,11 @@ class GroupTypeStore:
             if index is not None:
                 properties[f"$group_{index}"] = group_key
         return properties
+
+    async def identified_group_type_index(self, team_id: int, properties: dict[str, Any]) -> int | None:
+        """`upsert_group`'s look-up for a `$groupidentify`: the index of its `$group_type`,
+        registered when new; None without a type and key, or when the team has all it may."""
+        group_type, group_key = properties.get("$group_type"), properties.get("$group_key")
+        if not truthy(group_type) or not truthy(group_key):
+            return None
+        return await self.fetch_group_type_index(team_id, js_string(group_type))

@@ -15,7 +15,7 @@ import asyncpg
 from plugin_server.ingestion import outbox
 from plugin_server.ingestion.elements import elements_to_chain
 from plugin_server.ingestion.groups import GroupTypeStore
-from plugin_server.ingestion.js import js_string, truthy
+from plugin_server.ingestion.js import truthy
 from plugin_server.ingestion.kafka_messages import (
     clickhouse_time,
     dead_letter_record,
@@ -73,18 +73,15 @@ class KafkaEventWriter:
 
     async def _write_group(self, item: PreparedEvent) -> None:
         properties = item.properties
-        group_type, group_key = properties.get("$group_type"), properties.get("$group_key")
-        if not truthy(group_type) or not truthy(group_key):
-            return
-        index = await self._group_types.fetch_group_type_index(item.team.id, js_string(group_type))
-        if index is None:  # the team already has the most group types allowed
+        index = await self._group_types.identified_group_type_index(item.team.id, properties)
+        if index is None:  # no type or key, or the team already has the most group types allowed
             return
         group_set = properties.get("$group_set")
         outbox.emit(
             group_record(
                 team_id=item.team.id,
                 group_type_index=index,
-                group_key=group_key,
+                group_key=properties["$group_key"],
                 properties=group_set if truthy(group_set) else {},
             )
         )

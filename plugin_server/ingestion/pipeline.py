@@ -138,7 +138,7 @@ class PostgresIngestor:
         self.group_types = GroupTypeStore(pool)
         self.definitions = DefinitionStore(pool)
         self.seen = SeenDistinctIds(settings.distinct_id_lru_size)
-        self.writer = writer or PostgresEventWriter()
+        self.writer = writer or PostgresEventWriter(self.group_types)
         # Kafka mode: what a transaction emitted (outbox) is handed over once it committed.
         self._publish = publish
 

@@ -1,6 +1,7 @@
 """Where a batch's events end up. Postgres mode: element groups, `posthog_event`,
 `posthog_action_events` and `posthog_sessionrecordingevent`, in the batch's transaction
-(spec/ingestion.md §2.6.1, §2.7, §2.11.2). Kafka mode supplies its own writer."""
+(spec/ingestion.md §2.6.1, §2.7, §2.11.2); a `$groupidentify` registers its group type (§2.10).
+Kafka mode supplies its own writer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Protocol
 import asyncpg
 
 from plugin_server.ingestion import queries
-from plugin_server.ingestion.prepare import PreparedEvent
+from plugin_server.ingestion.groups import GroupTypeStore
+from plugin_server.ingestion.prepare import GROUP_IDENTIFY_EVENT, PreparedEvent
 
 
 class EventWriter(Protocol):
@@ -24,12 +26,16 @@ class EventWriter(Protocol):
 
 
 class PostgresEventWriter:
-    def __init__(self) -> None:
+    def __init__(self, group_types: GroupTypeStore) -> None:
+        self._group_types = group_types
         self._known_groups: set[tuple[int, str]] = set()
 
     async def write(self, conn: asyncpg.Connection, items: Sequence[PreparedEvent]) -> None:
         events = [item for item in items if not item.is_snapshot]
         recordings = [item for item in items if item.is_snapshot]
+        for item in events:
+            if item.name == GROUP_IDENTIFY_EVENT:
+                await self._group_types.identified_group_type_index(item.team.id, item.properties)
         if events:
             await self._write_element_groups(conn, events)
             await self._write_events(conn, events)

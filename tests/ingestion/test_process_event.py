@@ -718,7 +718,14 @@ async def test_4_1_51_top_level_set_merge(pg: asyncpg.Pool, ingestor: PostgresIn
     }
 
 
-async def test_4_1_52_groupidentify_stores_event_only_in_postgres_mode(
+async def group_type_mapping(pg: asyncpg.Pool) -> list[tuple[str, int]]:
+    rows = await pg.fetch(
+        "SELECT group_type, group_type_index FROM posthog_grouptypemapping ORDER BY group_type_index"
+    )
+    return [(r["group_type"], r["group_type_index"]) for r in rows]
+
+
+async def test_4_1_52_groupidentify_stores_event_and_group_type_only_in_postgres_mode(
     pg: asyncpg.Pool, ingestor: PostgresIngestor
 ) -> None:
     await make_person(pg, ["distinct_id1"])
@@ -727,3 +734,34 @@ async def test_4_1_52_groupidentify_stores_event_only_in_postgres_mode(
     assert len(await events(pg)) == 1
     (person,) = await persons(pg)
     assert person["properties"] == {}
+    # upsert_group (§2.10) registers the type, the team's first at index 0; no group row
+    assert await group_type_mapping(pg) == [("organization", 0)]
+
+
+async def test_groupidentify_group_types_in_postgres_mode(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    await make_person(pg, ["d"])
+    identify = [
+        {"$group_type": "organization", "$group_key": "o1"},
+        {"$group_type": "organization", "$group_key": "o2"},  # known type: same index
+        {"$group_type": "project", "$group_key": ""},  # no key: nothing registered
+        {"$group_key": "k"},  # no type
+        {"$group_type": 7, "$group_key": "k"},  # a number reads as its JavaScript text
+    ]
+    for properties in identify:
+        await ingest(ingestor, make_event("$groupidentify", "d", properties))
+    await ingest(ingestor, make_event("grouped", "d", {"$groups": {"instance": "i1", "organization": "o1"}}))
+    for i in range(3):
+        await ingest(ingestor, make_event("$groupidentify", "d", {"$group_type": f"t{i}", "$group_key": "k"}))
+    assert len(await events(pg)) == 9
+    # five types at most: t2 finds no free index and is not registered
+    assert await group_type_mapping(pg) == [
+        ("organization", 0),
+        ("7", 1),
+        ("instance", 2),
+        ("t0", 3),
+        ("t1", 4),
+    ]
+    grouped = await pg.fetchval("SELECT properties FROM posthog_event WHERE event = 'grouped'")
+    assert grouped["$group_2"] == "i1" and grouped["$group_0"] == "o1"
