@@ -213,6 +213,13 @@ class PluginRunner:
                     result[js_task_name(name)].append(config.id)
         return result
 
+    async def settle(self) -> None:
+        """Until the work calls left behind (error records, deferred onEvent/exportEvents,
+        teardowns) has finished and the plugin logs are written."""
+        while self._background:
+            await asyncio.wait(list(self._background))
+        await self.logs.flush()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)

@@ -155,8 +155,7 @@ async def test_hostile_process_event_is_contained(
         # the next event went through both plugins
         assert fine is not None and fine["properties"]["hostile_ran"] is True
         assert fine["properties"]["$plugins_succeeded"] == ["test-maxmind-plugin (39)", "follower (40)"]
-        await asyncio.sleep(0.05)
-        await runner.logs.flush()
+        await runner.settle()
         error = await config_error(pg)
         assert error is not None
         if error_name:

@@ -22,6 +22,7 @@ from tests.plugins.conftest import (
     log_rows,
     py_source,
 )
+from tests.waiting import wait_for
 
 PROCESSED = """
 def process_event(event, meta):
@@ -185,7 +186,7 @@ async def test_6_5_source_errors_fail_without_retry(
     await create_plugin_config(pg)
     async with plugin_runner(retry_delay_scale=0.001) as runner:
         await runner.wait_loaded()
-        await asyncio.sleep(0.05)
+        await runner.settle()
         assert runner.loaded[39].attempts == 1 and runner.loaded[39].exports is None
     error = await config_error(pg)
     assert error["message"] == message
@@ -242,7 +243,7 @@ async def test_6_5_65_and_69_to_72_chain_outcomes(
         assert thrown is not None and thrown["properties"]["mutated_before_throw"] is True
         assert thrown["properties"]["$plugins_failed"] == [label]
         assert fine is not None and fine["properties"]["$plugins_succeeded"] == [label]
-        await asyncio.sleep(0.05)
+        await runner.settle()
     error = await config_error(pg)
     assert error["name"] == "RuntimeError" and error["message"] == "error thrown in plugin"
 
@@ -328,8 +329,7 @@ async def test_6_5_82_reload_replaces_only_changed_configs(
         assert runner.loaded[41] is not first[41] and runner.loaded[42] is not first[42]
         assert [(c.id, c.config.order) for c in runner.team_chains[2]] == [(39, 0), (43, 1), (42, 2), (41, 3)]
         await runner.wait_loaded()
-        await asyncio.sleep(0.05)
-        await runner.logs.flush()
+        await runner.settle()
         unloaded = [r for r in await log_rows(pg, 40) if r["message"].startswith("Plugin unloaded")]
         assert len(unloaded) == 1  # removed configs are torn down (recommendation 8.6)
 
@@ -387,13 +387,13 @@ async def test_6_5_88_to_90_metric_operations(
     )
     async with plugin_runner() as runner:
         await runner.process_events([default_event(event="ops")])
-        await asyncio.sleep(0.05)
-        assert runner.metrics.current(39) == {"metric1": 100, "metric2": 10, "metric3": 1}
+        expected = {"metric1": 100, "metric2": 10, "metric3": 1}
+        await wait_for(lambda: runner.metrics.current(39) == expected)
         await runner.process_events([default_event(event="wrong_op")])
-        await asyncio.sleep(0.05)
+        await runner.settle()
         assert (await config_error(pg))["name"] == "AttributeError"
         await runner.process_events([default_event(event="not_number")])
-        await asyncio.sleep(0.05)
+        await runner.settle()
         error = await config_error(pg)
         assert (error["name"], error["message"]) == (
             "IllegalOperationError",
@@ -486,7 +486,7 @@ async def test_6_9_111_throwing_plugin_never_stops_events(
     async with plugin_runner() as runner:
         results = await runner.process_events([default_event() for _ in range(4)])
         assert all(r is not None for r in results)
-        await asyncio.sleep(0.05)
+        await runner.settle()
     assert (await config_error(pg))["message"] == "error thrown in plugin"
 
 

@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 
 from tests.plugins.conftest import RunnerFactory, add_python_plugin, default_event, log_rows
+from tests.waiting import wait_for
 
 
 async def test_6_1_01_empty_source_exports_nothing(
@@ -155,13 +156,17 @@ async def test_6_1_19_cache_counter_across_calls(
             return event
         """,
     )
+
+    async def counter_is(value: int) -> bool:
+        return bool(await redis.get("@plugin/60/2/counter") == str(value).encode())
+
     async with plugin_runner() as runner:
         seen = []
-        for _ in range(3):
+        for n in range(1, 4):
             [result] = await runner.process_events([default_event()])
             assert result is not None
             seen.append(result["event"])
-            await asyncio.sleep(0.05)
+            await wait_for(lambda n=n: counter_is(n))  # the un-awaited set lands
         assert seen == ["counter 1", "counter 2", "counter 3"]
         # same key layout and JSON as the original
         assert await redis.get("@plugin/60/2/counter") == b"3"

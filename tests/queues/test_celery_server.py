@@ -3,10 +3,8 @@ posthog_event; a server killed with SIGKILL mid-batch loses none of them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ from tests.conftest import REDIS_URL
 from tests.factories import create_team
 from tests.kafka_broker import free_port
 from tests.server_process import server_env, server_process, wait_ready
+from tests.waiting import wait_for
 
 QUEUE = "posthog-plugins"
 KEYS = CeleryKeys(QUEUE)
@@ -49,15 +48,6 @@ async def push(redis: aioredis.Redis, messages: list[bytes]) -> None:
 async def stored_seqs(pg: asyncpg.Pool) -> list[int]:
     rows = await pg.fetch("SELECT (properties->>'seq')::int AS seq FROM posthog_event")
     return [r["seq"] for r in rows]
-
-
-async def wait_for(condition: Callable[[], Any], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_events_from_the_celery_list_are_stored_and_bad_ones_dead_lettered(

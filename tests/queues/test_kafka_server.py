@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from tests.factories import create_team
 from tests.kafka_broker import free_port
 from tests.kafka_topics import TopicTail, ensure_topics, produce
 from tests.server_process import server_env, server_process, wait_ready
+from tests.waiting import wait_for
 
 CELERY_QUEUE = "posthog-plugins"
 NOW = "2021-10-28T12:00:01.123456+00:00"
@@ -49,15 +49,6 @@ def django_value(event_uuid: str, seq: int, name: str = "$pageview") -> bytes:
 
 def uuids_out(messages: list[Any]) -> Counter[str]:
     return Counter(km.decode_event_proto(m.value)["uuid"] for m in messages)
-
-
-async def wait_for(condition: Callable[[], Any], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_kafka_mode_server_ingests_and_dead_letters(

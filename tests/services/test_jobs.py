@@ -26,20 +26,13 @@ from plugin_server.services.jobs import (
 )
 from plugin_server.services.plugin_host import JobRetry
 from tests.conftest import REDIS_URL
+from tests.waiting import wait_for
 
 SCHEMA = "graphile_worker"
 
 
 def job(payload: Any = None, *, due_in_ms: int = 0, type_: str = "pluginJob") -> EnqueuedJob:
     return EnqueuedJob(type_, payload, int(time.time() * 1000) + due_in_ms, 2, 3)
-
-
-async def wait_for(predicate: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_9_10_37_migration_creates_graphile_schema_once(pg: asyncpg.Pool, pg_dsn: str) -> None:

@@ -13,18 +13,11 @@ import redis.asyncio as aioredis
 from plugin_server.services.locks import SCHEDULE_LOCK_KEY, DistributedLock
 from plugin_server.services.scheduler import Scheduler
 from tests.conftest import REDIS_URL
+from tests.waiting import wait_for
 
 
 def new_redis() -> aioredis.Redis:
     return aioredis.Redis.from_url(REDIS_URL)
-
-
-async def wait_for(predicate: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class Tasks:
