@@ -1,11 +1,14 @@
-"""Reading what a test produced: the broker is shared by the session, so a `TopicTail` notes
-where each topic ends when it is opened and reads only the messages that came after."""
+"""Reading what a test produced: the broker is shared by the session, so a `TopicTail` marks
+where each partition ends when it is opened (a marker message of its own) and reads only the
+messages after its marker. Reading "until nothing more comes" would depend on timing: on a busy
+machine a fetch can come back empty before an earlier test's backlog is read."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +26,9 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int =
                 await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+MARKER = "test-tail-start"
 
 
 class TopicTail:
@@ -46,13 +52,30 @@ class TopicTail:
                 await asyncio.sleep(0.05)
             partitions.extend(TopicPartition(topic, p) for p in sorted(found or ()))
         self._consumer.assign(partitions)
-        # Read to the end rather than asking for end offsets: the test broker's answer to
-        # ListOffsets is not the log end.
         await self._consumer.seek_to_beginning(*partitions)
-        while True:
-            fetched = await self._consumer.getmany(timeout_ms=300)
-            if not fetched:
-                break
+        marker = uuid.uuid4().hex.encode()
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await producer.start()
+        try:
+            for tp in partitions:
+                await producer.send_and_wait(
+                    tp.topic, b"", partition=tp.partition, headers=[(MARKER, marker)]
+                )
+        finally:
+            await producer.stop()
+        # Everything up to and including our marker is earlier tests' output.
+        unmarked = set(partitions)
+        deadline = time.monotonic() + 60
+        while unmarked:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the tail's markers did not come back: {sorted(map(str, unmarked))}")
+            fetched = await self._consumer.getmany(*unmarked, timeout_ms=500)
+            for tp, messages in fetched.items():
+                for index, message in enumerate(messages):
+                    if (MARKER, marker) in (message.headers or ()):
+                        unmarked.discard(tp)
+                        self._keep(tp.topic, messages[index + 1 :])
+                        break
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -63,7 +86,10 @@ class TopicTail:
         assert self._consumer is not None
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms)
         for tp, messages in fetched.items():
-            self._read[tp.topic].extend(messages)
+            self._keep(tp.topic, messages)
+
+    def _keep(self, topic: str, messages: list[Any]) -> None:
+        self._read[topic].extend(m for m in messages if not any(k == MARKER for k, _ in m.headers or ()))
 
     async def read(self, topic: str, count: int, within: float = 10.0) -> list[Any]:
         """At least `count` new messages of `topic` (all read so far), failing after `within` seconds."""
