@@ -41,7 +41,7 @@ run: install services
 test: install services
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The same suite in a random order (pytest-randomly; `-p randomly-seed=N` repeats one).
+# The same suite in a random order (pytest-randomly); PYTEST_ARGS=--randomly-seed=N repeats one.
 test-random: install services
 	$(PY) -m pytest -q -p randomly $(PYTEST_ARGS)
 
