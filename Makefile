@@ -46,8 +46,8 @@ test: install services
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check plugin_server sandbox posthog_plugin tests bench
-	$(VENV)/bin/ruff format --check plugin_server sandbox posthog_plugin tests bench
+	$(VENV)/bin/ruff check plugin_server sandbox posthog_plugin examples tests bench
+	$(VENV)/bin/ruff format --check plugin_server sandbox posthog_plugin examples tests bench
 
 typecheck: install
 	$(VENV)/bin/mypy
