@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from tests.conftest import REDIS_DB
 from tests.local.cli import EXAMPLES, author_env, json_lines, plugin_cli
 
 
@@ -290,3 +293,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], messag
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert message in line
+
+
+async def test_redis_keeps_the_cache_between_runs(tmp_path: Path, redis: aioredis.Redis) -> None:
+    folder = _write_plugin(
+        tmp_path / "counter",
+        "async def process_event(event, meta):\n"
+        "    event['properties']['seen'] = await meta.cache.incr('seen')\n"
+        "    return event\n",
+    )
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    for expected in (1, 2):
+        result = await asyncio.to_thread(
+            plugin_cli, "run", str(folder), "--events", "-", "--redis", url, cwd=tmp_path, input="{}"
+        )
+        assert result.returncode == 0, result.stderr
+        assert json_lines(result.stdout)[0]["properties"]["seen"] == expected
+    assert await redis.get("@plugin/1/1/seen") == b"2"
