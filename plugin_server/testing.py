@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
@@ -147,7 +148,8 @@ def load_plugin(
         try:
             yield PluginUnderTest(plugin, loop)
         finally:
-            asyncio.run_coroutine_threadsafe(plugin.close(), loop).result()
+            # a failing teardown_plugin raises PluginCallFailed, unless the test already failed
+            asyncio.run_coroutine_threadsafe(plugin.__aexit__(*sys.exc_info()), loop).result()
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()

@@ -160,8 +160,9 @@ async def _run(
 
 
 async def _drive(plugin: LocalPlugin, args: argparse.Namespace, events: list[Any], payload: Any) -> None:
-    """setup has run: process_event on each event, then on_event and export_events on the
-    results, then the task or job asked for."""
+    """setup has run: process_event on each event, then on_event (on_snapshot for session
+    recordings) and export_events on the results, then the task or job asked for; teardown
+    follows when the plugin is closed."""
     results = []
     for number, event in enumerate(events, 1):
         try:

@@ -23,7 +23,7 @@ from plugin_server.plugins.capabilities import js_task_name, python_task_name
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.js.sandbox_runtime import JSRuntime
 from plugin_server.plugins.js.transpile import Transpiler
-from plugin_server.plugins.loader import SourceNotFound, load_plugin_source
+from plugin_server.plugins.loader import PluginSource, SourceNotFound, load_plugin_source
 from plugin_server.plugins.meta_services import register_cache_services, register_storage_services
 from plugin_server.plugins.pool import CallOutcome, SandboxPool
 from plugin_server.plugins.registry import Attachment, Plugin, PluginConfig
@@ -34,6 +34,7 @@ from plugin_server.services.geoip import GeoIp
 
 TASK_TIMEOUT_FACTOR = 10  # as the server: scheduled tasks and jobs get 10 x TASK_TIMEOUT
 PLUGIN_ID = 1
+SNAPSHOT = "$snapshot"
 
 LogHandler = Callable[[str, str], None]
 
@@ -173,10 +174,14 @@ class LocalPlugin:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.close()
+        try:
+            await self.close()
+        except PluginCallFailed:
+            if exc is None:  # else the error in flight matters more (the failure is in `logs`)
+                raise
 
-    async def start(self) -> None:
-        """Load the code and run setup_plugin; raises PluginLoadFailed with the reason."""
+    def _read_plugin(self) -> tuple[Plugin, PluginSource, dict[str, Attachment]]:
+        """The plugin's record, code and attachments, read from disk as the server reads them."""
         if not os.path.isdir(self.directory):
             raise PluginLoadFailed(f"{self.directory} is not a folder")
         plugin = Plugin(
@@ -201,6 +206,11 @@ class LocalPlugin:
             raise PluginLoadFailed(str(exc)) from None
         except OSError as exc:
             raise PluginLoadFailed(f"{type(exc).__name__}: {exc}") from None
+        return plugin, source, attachments
+
+    async def start(self) -> None:
+        """Load the code and run setup_plugin; raises PluginLoadFailed with the reason."""
+        plugin, source, attachments = self._read_plugin()
         config = PluginConfig(
             id=self.plugin_config_id,
             team_id=self.team_id,
@@ -233,14 +243,17 @@ class LocalPlugin:
         self.exports = outcome.value or {}
 
     async def close(self) -> None:
-        """Run teardown_plugin (its failure is logged, not raised) and stop everything."""
+        """Run teardown_plugin and stop everything; then raise PluginCallFailed if teardown
+        failed (the failure is also added to `logs`, as the server logs it)."""
         runtime, self._runtime = self._runtime, None
+        failure: PluginCallFailed | None = None
         try:
             if runtime is not None:
                 if self.exports:
                     outcome = await runtime.teardown(self.task_timeout)
-                    if not outcome.ok and outcome.error is not None:
-                        self._console_error("teardown_plugin", outcome.error)
+                    if not outcome.ok:
+                        failure = PluginCallFailed("teardown_plugin", outcome.error or {})
+                        self.logs.append(("ERROR", str(failure)))
                 await runtime.close()
         finally:
             if self._pool is not None:
@@ -249,14 +262,8 @@ class LocalPlugin:
                 self._transpiler.close()
             await self.host.stop()
             self.exports = {}
-
-    def _console_error(self, method: str, error: Mapping[str, Any]) -> None:
-        self._console_line("ERROR", str(PluginCallFailed(method, error)))
-
-    def _console_line(self, level: str, message: str) -> None:
-        self.logs.append((level, message))
-        if self.on_log is not None:
-            self.on_log(level, message)
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ calls
     async def _call(self, method: str, args: list[Any], time_limit: float | None = None) -> CallOutcome:
@@ -277,8 +284,8 @@ class LocalPlugin:
     async def process_event(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
         """The event as the plugin returned it, None when the plugin dropped it."""
         event = self.complete_event(event)
-        if not self.has("process_event"):
-            return event
+        if not self.has("process_event") or event.get("event") == SNAPSHOT:
+            return event  # the server never hands session recordings to process_event
         outcome = await self._call("process_event", [event])
         result = outcome.value
         if result is not None and result.get("team_id") != event["team_id"]:
@@ -287,8 +294,11 @@ class LocalPlugin:
         return result
 
     async def on_event(self, event: Mapping[str, Any]) -> None:
-        if self.has("on_event"):
-            await self._call("on_event", [self.complete_event(event)])
+        """`on_event`, or `on_snapshot` for a session recording event, as the server calls them
+        after ingestion."""
+        method = "on_snapshot" if event.get("event") == SNAPSHOT else "on_event"
+        if self.has(method):
+            await self._call(method, [self.complete_event(event)])
 
     async def export_events(self, events: Sequence[Mapping[str, Any]]) -> None:
         """One batch, as the server's export buffer hands it over; a RetryError raises

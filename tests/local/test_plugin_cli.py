@@ -310,3 +310,46 @@ async def test_redis_keeps_the_cache_between_runs(tmp_path: Path, redis: aioredi
         assert result.returncode == 0, result.stderr
         assert json_lines(result.stdout)[0]["properties"]["seen"] == expected
     assert await redis.get("@plugin/1/1/seen") == b"2"
+
+
+def test_a_failing_teardown_exits_1_after_the_events_are_printed(tmp_path: Path) -> None:
+    folder = _write_plugin(
+        tmp_path / "messy",
+        "def process_event(event, meta):\n    return event\n"
+        "def teardown_plugin(meta):\n    raise RuntimeError('left a mess')\n",
+    )
+    result = plugin_cli("run", str(folder), "--events", "-", cwd=tmp_path, input='{"event": "x"}')
+    assert result.returncode == 1
+    assert [e["event"] for e in json_lines(result.stdout)] == ["x"]
+    assert result.stderr.strip() == "plugin run: messy: teardown_plugin failed: RuntimeError: left a mess"
+
+
+def test_session_recordings_skip_process_event_and_go_to_on_snapshot(tmp_path: Path) -> None:
+    folder = _write_plugin(
+        tmp_path / "recorder",
+        "def process_event(event, meta):\n    event['properties']['seen'] = True\n    return event\n"
+        "def on_event(event, meta):\n    print('event', event['event'])\n"
+        "def on_snapshot(event, meta):\n    print('snapshot', event['event'])\n",
+    )
+    events = [{"event": "$snapshot"}, {"event": "$pageview"}]
+    result = plugin_cli("run", str(folder), "--events", "-", cwd=tmp_path, input=json.dumps(events))
+    assert result.returncode == 0, result.stderr
+    snapshot, pageview = json_lines(result.stdout)
+    assert "seen" not in snapshot["properties"] and pageview["properties"]["seen"] is True
+    assert result.stderr.splitlines() == ["[LOG] snapshot $snapshot", "[LOG] event $pageview"]
+
+
+def test_attachments_are_read_from_files(tmp_path: Path) -> None:
+    folder = _write_plugin(
+        tmp_path / "attached",
+        "def process_event(event, meta):\n"
+        "    a = meta.attachments['list']\n"
+        "    event['properties']['list'] = [a.file_name, a.contents.decode()]\n"
+        "    return event\n",
+    )
+    (tmp_path / "names.txt").write_text("ada\nbob\n")
+    result = plugin_cli(
+        "run", str(folder), "--events", "-", "--attachment", "list=names.txt", cwd=tmp_path, input="{}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json_lines(result.stdout)[0]["properties"]["list"] == ["names.txt", "ada\nbob\n"]
