@@ -12,12 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 from tests.conftest import REDIS_DB
+from tests.factories import create_plugin, create_plugin_config, create_team
 from tests.local.cli import EXAMPLES, author_env, json_lines, plugin_cli
 
 
@@ -353,3 +355,25 @@ def test_attachments_are_read_from_files(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json_lines(result.stdout)[0]["properties"]["list"] == ["names.txt", "ada\nbob\n"]
+
+
+async def test_database_keeps_storage_in_the_plugin_configs_rows(
+    tmp_path: Path, pg: asyncpg.Pool, pg_dsn: str
+) -> None:
+    await create_team(pg)
+    await create_plugin(pg)
+    await create_plugin_config(pg, config_id=39)
+    folder = _write_plugin(
+        tmp_path / "remember",
+        "async def process_event(event, meta):\n"
+        "    event['properties']['before'] = await meta.storage.get('last')\n"
+        "    await meta.storage.set('last', event['event'])\n"
+        "    return event\n",
+    )
+    args = ["run", str(folder), "--events", "-", "--database", pg_dsn, "--plugin-config-id", "39"]
+    first = await asyncio.to_thread(plugin_cli, *args, cwd=tmp_path, input='{"event": "one"}')
+    second = await asyncio.to_thread(plugin_cli, *args, cwd=tmp_path, input='{"event": "two"}')
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert json_lines(second.stdout)[0]["properties"]["before"] == "one"
+    row = await pg.fetchrow("SELECT value FROM posthog_pluginstorage WHERE plugin_config_id = 39")
+    assert row is not None and row["value"] == '"two"'
