@@ -161,8 +161,8 @@ async def _run(
 
 async def _drive(plugin: LocalPlugin, args: argparse.Namespace, events: list[Any], payload: Any) -> None:
     """setup has run: process_event on each event, then on_event (on_snapshot for session
-    recordings) and export_events on the results, then the task or job asked for; teardown
-    follows when the plugin is closed."""
+    recordings) and export_events (in the server's batches) on the results, then the task or job
+    asked for; teardown follows when the plugin is closed."""
     results = []
     for number, event in enumerate(events, 1):
         try:
@@ -174,7 +174,7 @@ async def _drive(plugin: LocalPlugin, args: argparse.Namespace, events: list[Any
             results.append(result)
     for result in results:
         await plugin.on_event(result)
-    await plugin.export_events(results)
+    await plugin.export_buffered(results)
     if args.task:
         _print_json_value(await plugin.run_task(args.task))
     if args.job:

@@ -29,6 +29,7 @@ from plugin_server.plugins.pool import CallOutcome, SandboxPool
 from plugin_server.plugins.registry import Attachment, Plugin, PluginConfig
 from plugin_server.plugins.runtime import PluginRuntime, PythonSandboxRuntime, RuntimeSpec
 from plugin_server.plugins.service import register_host_bridge
+from plugin_server.services.export_events import ExportBuffer, ExportSettings
 from plugin_server.services.fetch import PluginFetch
 from plugin_server.services.geoip import GeoIp
 
@@ -305,6 +306,27 @@ class LocalPlugin:
         PluginCallFailed with `retry` set."""
         if self.has("export_events") and events:
             await self._call("export_events", [[self.complete_event(e) for e in events]])
+
+    async def export_buffered(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """The events through the server's export buffer: batches by exportEventsBufferBytes,
+        without exportEventsToIgnore, all flushed before returning. The first failing batch
+        raises PluginCallFailed once every batch was tried."""
+        if not self.has("export_events"):
+            return
+        failures: list[PluginCallFailed] = []
+
+        async def export(batch: list[Any]) -> None:
+            try:
+                await self.export_events(batch)
+            except PluginCallFailed as exc:
+                failures.append(exc)
+
+        buffer = ExportBuffer(self.plugin_config_id, ExportSettings.from_config(self.config), export)
+        for event in events:
+            buffer.add(self.complete_event(event))
+        await buffer.flush()
+        if failures:
+            raise failures[0]
 
     async def run_task(self, name: str) -> Any:
         """`runEveryMinute` or `run_every_minute`, ..."""

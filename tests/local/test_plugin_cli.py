@@ -165,7 +165,7 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[_Endpoint]:
     thread.join()
 
 
-def _export(url: str, cwd: Path) -> Any:
+def _export(url: str, cwd: Path, *config: str) -> Any:
     return plugin_cli(
         "run",
         str(EXAMPLES / "http-export"),
@@ -173,6 +173,7 @@ def _export(url: str, cwd: Path) -> Any:
         str(EXAMPLES / "http-export" / "events.jsonl"),
         "--config",
         f"url={url}",
+        *(arg for pair in config for arg in ("--config", pair)),
         "--allow-private-fetch",
         cwd=cwd,
     )
@@ -184,6 +185,16 @@ def test_http_export_sends_the_resulting_events_as_one_batch(tmp_path: Path, end
     assert [e["event"] for e in json_lines(result.stdout)] == ["signed up", "$pageview"]
     [body] = endpoint.bodies
     assert [e["event"] for e in body["batch"]] == ["signed up", "$pageview"]
+
+
+def test_http_export_batches_as_the_server_buffer_does(tmp_path: Path, endpoint: _Endpoint) -> None:
+    result = _export(endpoint.url, tmp_path, "exportEventsBufferBytes=1")
+    assert result.returncode == 0, result.stderr
+    assert sorted(len(body["batch"]) for body in endpoint.bodies) == [1, 1]  # one event per batch
+    endpoint.bodies.clear()
+    result = _export(endpoint.url, tmp_path, "exportEventsToIgnore=$pageview, other")
+    assert result.returncode == 0, result.stderr
+    assert [[e["event"] for e in body["batch"]] for body in endpoint.bodies] == [["signed up"]]
 
 
 @pytest.mark.parametrize("endpoint", [503], indirect=True)
