@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -91,13 +92,10 @@ def main(argv: Sequence[str]) -> int:
         config = _pairs(args.config, "--config")
         attachments = _pairs(args.attachment, "--attachment")
         events = _read_events(args.events) if args.events else []
-        payload = json.loads(args.payload)
+        payload = _payload(args.payload)
         if not (args.events or args.task or args.job):
             raise BadInput("give --events FILE, --task NAME or --job NAME")
-    except ConfigError as exc:
-        print(f"plugin run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (BadInput, OSError, ValueError) as exc:
+    except (BadInput, ConfigError, OSError) as exc:
         print(f"plugin run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return asyncio.run(_run(args, settings, config, attachments, events, payload))
@@ -191,8 +189,18 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
     return pairs
 
 
+def _payload(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"--payload is not JSON: {exc}") from None
+
+
 def _read_events(path: str) -> list[Any]:
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path} is not UTF-8 text: {exc}") from None
     stripped = text.strip()
     if not stripped:
         return []

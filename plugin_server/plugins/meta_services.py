@@ -1,5 +1,7 @@
 """Host services behind `meta`: cache (Redis, §4.3), storage (§4.4), utils.cursor (§4.5),
-console (§4.9.1) and metrics (§4.8). Registered on a HostServices by `register_meta_services`."""
+console (§4.9.1) and metrics (§4.8). Registered on a HostServices by `register_meta_services`;
+`register_cache_services` and `register_storage_services` alone serve a plugin run outside the
+server (plugin_server/local/)."""
 
 from __future__ import annotations
 
