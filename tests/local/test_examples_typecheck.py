@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plugin_server.local.scaffold import new_plugin
 from tests.local.cli import EXAMPLES, ROOT
 
 
@@ -41,3 +42,9 @@ def test_mypy_catches_a_type_error_in_an_example(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout
     assert 'Value of "properties" has incompatible type "int"' in result.stdout
     assert '"Meta" has no attribute "settings"' in result.stdout
+
+
+def test_mypy_passes_on_a_new_plugin(tmp_path: Path) -> None:
+    folder = new_plugin("typed-plugin", "python", tmp_path)
+    result = _mypy(folder, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stdout + result.stderr
