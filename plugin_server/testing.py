@@ -7,6 +7,13 @@ call it in a few lines, from plain pytest tests.
         with load_plugin("my-plugin", {"internal_domain": "example.com"}) as plugin:
             assert plugin.process_event({"event": "x", "properties": {"email": "a@example.com"}}) is None
 
+Or as a pytest fixture, loaded for each test that names it:
+
+    plugin = plugin_fixture("my-plugin", {"internal_domain": "example.com"})
+
+    def test_keeps_customers(plugin: PluginUnderTest) -> None:
+        assert plugin.process_event({"event": "x", "properties": {"email": "a@b.c"}}) is not None
+
 The plugin runs in a background event loop, so the calls are plain function calls (an async test
 can use `LocalPlugin` directly: `async with LocalPlugin(...) as plugin`). A failing call raises
 PluginCallFailed, a plugin that cannot load PluginLoadFailed. Cache and storage are in memory and
@@ -36,6 +43,7 @@ __all__ = [
     "PluginUnderTest",
     "load_plugin",
     "make_event",
+    "plugin_fixture",
 ]
 
 T = TypeVar("T")
@@ -154,3 +162,18 @@ def load_plugin(
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+def plugin_fixture(
+    directory: str | os.PathLike[str], config: Mapping[str, Any] | None = None, **options: Any
+) -> Any:
+    """A pytest fixture (assign it to a module-level name) yielding the plugin loaded with
+    `load_plugin(directory, config, **options)`, fresh for each test."""
+    import pytest  # only plugin tests need it, not the server
+
+    @pytest.fixture
+    def loaded_plugin() -> Iterator[PluginUnderTest]:
+        with load_plugin(directory, config, **options) as plugin:
+            yield plugin
+
+    return loaded_plugin
