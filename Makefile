@@ -20,12 +20,13 @@ $(BABEL_JS): scripts/vendor-babel.sh
 
 # The project itself is installed too (editable, without its already pinned dependencies), so
 # `python -m plugin_server`, `plugin_server.testing` and the `posthog_plugin` SDK work from any
-# folder, e.g. from a plugin's own.
+# folder, e.g. from a plugin's own. "compat" mode puts the checkout on sys.path with a .pth file:
+# mypy follows that (not the import hook of the default mode) to type-check plugins.
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 13), f"Python >= 3.13 needed, got {sys.version}"'
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 services:
