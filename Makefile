@@ -18,10 +18,15 @@ install: $(STAMP) $(BABEL_JS)
 $(BABEL_JS): scripts/vendor-babel.sh
 	@bash scripts/vendor-babel.sh $(BABEL_VERSION) $(BABEL_INTEGRITY) $@
 
-$(STAMP): requirements-dev.lock
+# The project itself is installed too (editable, without its already pinned dependencies), so
+# `python -m plugin_server`, `plugin_server.testing` and the `posthog_plugin` SDK work from any
+# folder, e.g. from a plugin's own. "compat" mode puts the checkout on sys.path with a .pth file:
+# mypy follows that (not the import hook of the default mode) to type-check plugins.
+$(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 13), f"Python >= 3.13 needed, got {sys.version}"'
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 services:
@@ -46,8 +51,8 @@ test-random: install services
 	$(PY) -m pytest -q -p randomly $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check plugin_server sandbox tests bench
-	$(VENV)/bin/ruff format --check plugin_server sandbox tests bench
+	$(VENV)/bin/ruff check plugin_server sandbox posthog_plugin examples tests bench
+	$(VENV)/bin/ruff format --check plugin_server sandbox posthog_plugin examples tests bench
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -1,4 +1,5 @@
-"""Command line: `python -m plugin_server [--help|--version|--healthcheck|--migrate|--idle]`."""
+"""Command line: `python -m plugin_server [--help|--version|--healthcheck|--migrate|--idle]`, and
+`python -m plugin_server plugin new|run ...` for plugin authors (plugin_server/local/cli.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--healthcheck", action="store_true", help="exit 0 if a server is alive, else 1")
     parser.add_argument("--migrate", action="store_true", help="apply database migrations and exit")
     parser.add_argument("--idle", action="store_true", help="serve probes only; process nothing")
+    parser.epilog = "Plugin authors: `python -m plugin_server plugin --help` (new, run)."
     return parser
 
 
@@ -40,6 +42,11 @@ def print_help() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plugin"]:
+        from plugin_server.local.cli import main as plugin_main
+
+        return plugin_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.help:
         print_help()

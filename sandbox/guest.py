@@ -10,10 +10,8 @@ import inspect
 import json
 import os
 import socket
-import sys
 import time
 import traceback
-import types
 from typing import Any
 
 from sandbox import guard, meta, protocol
@@ -145,11 +143,11 @@ class Guest:
         self.send(["notify", key, name, args])
 
     def _install_sdk(self) -> None:
-        sdk = types.ModuleType("posthog_plugin")
-        sdk.RetryError = meta.RetryError  # type: ignore[attr-defined]
-        sdk.IllegalOperationError = meta.IllegalOperationError  # type: ignore[attr-defined]
-        sdk.console = meta.Console(self._notify_current)  # type: ignore[attr-defined]
-        sys.modules["posthog_plugin"] = sdk
+        # The same module plugin authors type-check against; here `console` writes to the log
+        # of the plugin config whose code is running.
+        import posthog_plugin
+
+        posthog_plugin.console = meta.Console(self._notify_current)
 
     def _notify_current(self, name: str, args: list[Any]) -> None:
         key = _current_key.get()

@@ -12,20 +12,16 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import posthog_plugin
+from posthog_plugin import IllegalOperationError
+from posthog_plugin import RetryError as RetryError  # guest.py and the host error classes use it
 
 Request = Callable[[str, list[Any]], "asyncio.Future[Any]"]
 Notify = Callable[[str, list[Any]], None]
 
 METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
-
-
-class IllegalOperationError(Exception):
-    pass
-
-
-class RetryError(Exception):
-    """Raise from export_events to have the batch retried later."""
 
 
 def format_console_args(args: tuple[Any, ...]) -> str:
@@ -220,6 +216,11 @@ class Attachment:
 
 
 class Metric:
+    # only the operation of the declared kind is set (in __init__)
+    increment: Callable[[Any], None]
+    max: Callable[[Any], None]
+    min: Callable[[Any], None]
+
     def __init__(self, name: str, kind: str, notify: Notify) -> None:
         self._name = name
         self._notify = notify
@@ -419,3 +420,11 @@ class Meta:
 
     def keys(self) -> tuple[str, ...]:
         return self.KEYS
+
+
+if TYPE_CHECKING:
+    # mypy holds this implementation to the SDK's types (posthog_plugin), so they cannot drift.
+    def _conforms(meta: Meta, response: Response, attachment: Attachment) -> None:
+        _meta: posthog_plugin.Meta = meta
+        _response: posthog_plugin.Response = response
+        _attachment: posthog_plugin.Attachment = attachment

@@ -1,5 +1,7 @@
 """Host services behind `meta`: cache (Redis, §4.3), storage (§4.4), utils.cursor (§4.5),
-console (§4.9.1) and metrics (§4.8). Registered on a HostServices by `register_meta_services`."""
+console (§4.9.1) and metrics (§4.8). Registered on a HostServices by `register_meta_services`;
+`register_cache_services` and `register_storage_services` alone serve a plugin run outside the
+server (plugin_server/local/)."""
 
 from __future__ import annotations
 
@@ -50,7 +52,22 @@ def register_meta_services(
     logs: PluginLogSink,
     metrics: PluginMetrics,
 ) -> None:
-    # -- cache
+    register_cache_services(services, redis)
+    register_storage_services(services, pg)
+
+    def console(ctx: PluginContext, level: str, message: str) -> None:
+        logs.write(log_target(ctx), "CONSOLE", level if level in CONSOLE_TYPES else "LOG", message)
+
+    def metrics_update(ctx: PluginContext, name: str, kind: str, value: float) -> None:
+        metrics.update(config_ref(ctx), name, OPERATIONS[kind], value)
+
+    services.register("console", console)
+    services.register("metrics.update", metrics_update)
+
+
+def register_cache_services(services: HostServices, redis: aioredis.Redis) -> None:
+    """`meta.cache` on Redis."""
+
     async def cache_set(ctx: PluginContext, key: str, value: str, ttl: float | None) -> None:
         if ttl:
             await redis.set(cache_key(ctx, key), value, ex=int(ttl))
@@ -82,7 +99,24 @@ def register_meta_services(
         popped = await redis.lpop(cache_key(ctx, key), count)
         return None if popped is None else [_text(v) for v in popped]
 
-    # -- storage and cursor
+    handlers: dict[str, Any] = {
+        "cache.set": cache_set,
+        "cache.get": cache_get,
+        "cache.incr": cache_incr,
+        "cache.expire": cache_expire,
+        "cache.lpush": cache_lpush,
+        "cache.lrange": cache_lrange,
+        "cache.llen": cache_llen,
+        "cache.lrem": cache_lrem,
+        "cache.lpop": cache_lpop,
+    }
+    for name, handler in handlers.items():
+        services.register(name, handler)
+
+
+def register_storage_services(services: HostServices, pg: asyncpg.Pool) -> None:
+    """`meta.storage` and `meta.utils.cursor` on Postgres."""
+
     async def storage_get(ctx: PluginContext, key: str) -> tuple[bool, str | None]:
         row = await pg.fetchrow(queries.STORAGE_GET, ctx.plugin_config_id, key)
         return (False, None) if row is None else (True, row["value"])
@@ -101,30 +135,12 @@ def register_meta_services(
         number = Decimal(value)
         return int(number) if number == number.to_integral_value() else float(number)
 
-    # -- console and metrics (notifications: no answer)
-    def console(ctx: PluginContext, level: str, message: str) -> None:
-        logs.write(log_target(ctx), "CONSOLE", level if level in CONSOLE_TYPES else "LOG", message)
-
-    def metrics_update(ctx: PluginContext, name: str, kind: str, value: float) -> None:
-        metrics.update(config_ref(ctx), name, OPERATIONS[kind], value)
-
     handlers: dict[str, Any] = {
-        "cache.set": cache_set,
-        "cache.get": cache_get,
-        "cache.incr": cache_incr,
-        "cache.expire": cache_expire,
-        "cache.lpush": cache_lpush,
-        "cache.lrange": cache_lrange,
-        "cache.llen": cache_llen,
-        "cache.lrem": cache_lrem,
-        "cache.lpop": cache_lpop,
         "storage.get": storage_get,
         "storage.set": storage_set,
         "storage.delete": storage_delete,
         "cursor.init": cursor_init,
         "cursor.increment": cursor_increment,
-        "console": console,
-        "metrics.update": metrics_update,
     }
     for name, handler in handlers.items():
         services.register(name, handler)

@@ -14,7 +14,7 @@ from typing import Any
 
 from plugin_server.context import AppContext
 from plugin_server.logs import get_logger
-from plugin_server.plugins.host_services import PluginContext
+from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.lifecycle import LoadedConfig
 from plugin_server.plugins.meta_services import config_ref
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
@@ -94,6 +94,12 @@ class PluginRunnerHost:
 
 def bridge_host_services(runner: PluginRunner, host: Any) -> None:
     """Register the host services' operations on the runner's request channel."""
+    register_host_bridge(runner.services, host)
+
+
+def register_host_bridge(services: HostServices, host: Any) -> None:
+    """Answer geoip, jobs, capture, API and fetch requests with `host.call(ref, op, args)` (the
+    host services' interface, plugin_server/services/host_api.py)."""
 
     async def geoip_locate(ctx: PluginContext, ip: str) -> Any:
         return await host.call(config_ref(ctx), "geoip.locate", (ip,))
@@ -122,7 +128,7 @@ def bridge_host_services(runner: PluginRunner, host: Any) -> None:
         "fetch": fetch,
     }
     for name, handler in handlers.items():
-        runner.services.register(name, handler)
+        services.register(name, handler)
 
 
 class PluginRunnerService:

@@ -1,0 +1,1 @@
+"""Running one plugin outside a server: for its author's command line and tests."""
