@@ -198,7 +198,8 @@ class ClickHouseSettings:
 
 
 def _seconds_up(value_ms: int) -> int:
-    return -(-value_ms // 1000)
+    """Whole seconds, rounded up; never before 1970 (ClickHouse's DateTime starts there)."""
+    return max(0, -(-value_ms // 1000))
 
 
 class ClickHouseEventSource:

@@ -49,6 +49,9 @@ INTERVAL_MS = 10 * 60 * 1000
 PAGE_SIZE = 100
 MAX_RETRIES = 15
 PROGRESS_CELLS = 20
+# a page job this late has been lost (its config was off longer than the job queue retries a
+# job): a new request resumes the export instead of being refused
+STALLED_AFTER_MS = 3_600_000
 
 RUNNING_KEY = "is_export_running"
 CURSOR_KEY = "timestamp_cursor"
@@ -90,6 +93,10 @@ EnqueueJob = Callable[[PluginConfigRef, str, dict[str, Any], int], Awaitable[Non
 IncrementMetric = Callable[[PluginConfigRef, str, float], None]
 
 
+# what both stores and Python's datetime can represent: 1970 (ClickHouse's DateTime) to 9999
+MIN_DATE_MS, MAX_DATE_MS = 0, 253_402_300_799_000
+
+
 class InvalidExportRequest(ValueError):
     pass
 
@@ -97,7 +104,8 @@ class InvalidExportRequest(ValueError):
 def parse_date(value: Any, name: str) -> int:
     """An ISO 8601 string (or epoch ms) as epoch ms; a date without a zone is UTC."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
+        if MIN_DATE_MS <= value <= MAX_DATE_MS:
+            return int(value)
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -107,7 +115,9 @@ def parse_date(value: Any, name: str) -> int:
         else:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            return int(moment.timestamp() * 1000)
+            ms = int(moment.timestamp() * 1000)
+            if MIN_DATE_MS <= ms <= MAX_DATE_MS:
+                return ms
     raise InvalidExportRequest(f"'{name}' should be an timestamp in ISO string format.")
 
 
@@ -150,6 +160,10 @@ def progress_bar(cells: int) -> str:
     return f"Export progress: {'■' * cells}{'□' * (PROGRESS_CELLS - cells)} {percent}%"
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _iso(ms: int) -> str:
     moment = datetime.fromtimestamp(ms / 1000, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
@@ -167,6 +181,7 @@ class ExportState:
     retries: int
     token: str | None
     previous: str | None
+    due: int  # epoch ms the page's job was to run at
 
     @property
     def end(self) -> int:
@@ -223,6 +238,7 @@ def _state(rows: Sequence[asyncpg.Record]) -> ExportState | None:
         retries=int(page.get("retries") or 0),
         token=page.get("token"),
         previous=page.get("previous"),
+        due=int(page.get("due") or 0),
     )
 
 
@@ -291,8 +307,8 @@ class HistoricalExport:
             self._log(ref.id, str(exc))
             await self._host.record_error(ref.id, PluginCallError("Error", str(exc)))
             return
-        token = secrets.token_hex(8)
-        page = json.dumps({"token": token, "previous": None, "offset": 0, "retries": 0})
+        token, now = secrets.token_hex(8), _now_ms()
+        page = json.dumps({"token": token, "previous": None, "offset": 0, "retries": 0, "due": now})
         async with self._pg.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_SPACE, ref.id)
             current = _state(await conn.fetch(_SELECT_STATE, ref.id, list(STATE_KEYS)))
@@ -307,11 +323,17 @@ class HistoricalExport:
                 ):
                     await conn.execute(_UPSERT, ref.id, key, value)
         if current is not None:
+            running = (
+                f"events from {_iso(current.first)} to {_iso(current.last)}, now at {_iso(current.cursor)}"
+            )
+            if current.due + STALLED_AFTER_MS < now:
+                await self._enqueue_page(ref, self._payload(current), current.token, current.retries)
+                self._log(ref.id, f"An export had stalled ({running}). It is resumed instead.")
+                return
             self._log(
                 ref.id,
-                f"An export is already running (events from {_iso(current.first)} to {_iso(current.last)}, "
-                f"now at {_iso(current.cursor)}). This request is ignored; run it again once the "
-                "running export is done.",
+                f"An export is already running ({running}). This request is ignored; run it again "
+                "once the running export is done.",
             )
             return
         try:
@@ -385,9 +407,8 @@ class HistoricalExport:
         delay = self._retry_base * 2**state.retries
         HISTORICAL_EVENTS.labels("retried").inc()
         self._log(ref.id, f"Failed processing {described}. Retrying in {delay:g}s")
-        await self._move(
-            ref, state, state.cursor, state.offset, state.retries + 1, int(time.time() * 1000 + delay * 1000)
-        )
+        due = _now_ms() + int(delay * 1000)
+        await self._move(ref, state, state.cursor, state.offset, state.retries + 1, due)
 
     async def _advance(self, ref: PluginConfigRef, state: ExportState, count: int) -> None:
         if count >= PAGE_SIZE:
@@ -421,7 +442,8 @@ class HistoricalExport:
     ) -> bool:
         """Make (cursor, offset) the due page, if `state` still is, and enqueue its job."""
         token = secrets.token_hex(8)
-        page = {"token": token, "previous": state.token, "offset": offset, "retries": retries}
+        due = run_at if run_at is not None else _now_ms()
+        page = {"token": token, "previous": state.token, "offset": offset, "retries": retries, "due": due}
         async with self._pg.acquire() as conn, conn.transaction():
             current = _state(await conn.fetch(_LOCK_STATE, ref.id, list(STATE_KEYS)))
             if current is None or current.token != state.token:
@@ -431,7 +453,7 @@ class HistoricalExport:
         payload = {"timestampCursor": cursor, "intraIntervalOffset": offset}
         # if this fails, the job fails and runs again; it then finds its successor's page and
         # enqueues it (the `previous` token)
-        await self._enqueue_page(ref, payload, token, retries, run_at)
+        await self._enqueue_page(ref, payload, token, retries, due)
         return True
 
     async def _finish(self, ref: PluginConfigRef, state: ExportState) -> None:
@@ -458,7 +480,7 @@ class HistoricalExport:
         run_at: int | None = None,
     ) -> None:
         job = {**payload, "retriesPerformedSoFar": retries, "token": token}
-        await self._enqueue(ref, PAGE_JOB, job, run_at if run_at is not None else int(time.time() * 1000))
+        await self._enqueue(ref, PAGE_JOB, job, run_at if run_at is not None else _now_ms())
 
 
 # pg_advisory_xact_lock key space for starting exports (one lock per plugin config id)
