@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from plugin_server.plugins.capabilities import save_public_jobs
+from plugin_server.plugins.registry import fetch_plugin_configs
 from plugin_server.services.event_sources import PostgresEventSource
 from plugin_server.services.historical_export import (
     MAX_RETRIES,
@@ -201,3 +203,23 @@ async def test_jobs_of_a_finished_or_unknown_export_do_nothing(
 
 def queue_time() -> int:
     return int(time.time() * 1000)
+
+
+async def test_the_run_button_is_added_once_and_a_declared_one_kept(pg: asyncpg.Pool) -> None:
+    await create_team(pg)
+    declared = {"Export historical events": {"dateFrom": {"type": "date"}}, "other": {}}
+    await create_plugin(pg, plugin_id=60, public_jobs=declared)
+    await create_plugin(pg, plugin_id=61, name="plain")
+    await create_plugin(pg, plugin_id=62, name="no export")
+    for plugin_id in (60, 61, 62):
+        await create_plugin_config(pg, config_id=plugin_id, plugin_id=plugin_id)
+    plugins = (await fetch_plugin_configs(pg)).plugins
+    exporting = {"methods": ["export_events"]}
+    assert not await save_public_jobs(pg, plugins[60], exporting)
+    assert await save_public_jobs(pg, plugins[61], exporting)
+    assert not await save_public_jobs(pg, plugins[61], exporting)  # known now: no second write
+    assert not await save_public_jobs(pg, plugins[62], {"methods": ["process_event"]})
+    rows = dict(await pg.fetch("SELECT id, public_jobs FROM posthog_plugin ORDER BY id"))
+    assert rows[60] == declared
+    assert rows[61] == {"Export historical events": {}}
+    assert rows[62] in (None, {})
