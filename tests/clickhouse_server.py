@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.kafka_broker import free_port
@@ -25,7 +26,7 @@ INSTALL_HINT = (
 CONFIG = """<?xml version="1.0"?>
 <yandex>
     <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
-    <tcp_port>{tcp_port}</tcp_port>
+    <tcp_port>{tcp_port}</tcp_port>{tls}
     <http_port>{http_port}</http_port>
     <listen_host>127.0.0.1</listen_host>
     <path>{root}/data/</path>
@@ -39,6 +40,15 @@ CONFIG = """<?xml version="1.0"?>
     <mark_cache_size>268435456</mark_cache_size>
 </yandex>
 """
+TLS = """
+    <tcp_port_secure>{port}</tcp_port_secure>
+    <openSSL><server>
+        <certificateFile>{certificate}</certificateFile>
+        <privateKeyFile>{key}</privateKeyFile>
+        <verificationMode>none</verificationMode>
+        <loadDefaultCAFile>false</loadDefaultCAFile>
+        <disableProtocols>sslv2,sslv3</disableProtocols>
+    </server></openSSL>"""
 USERS = """<?xml version="1.0"?>
 <yandex>
     <profiles><default></default></profiles>
@@ -63,16 +73,28 @@ def clickhouse_binary() -> str:
     raise RuntimeError(INSTALL_HINT)
 
 
+@dataclass(frozen=True, slots=True)
+class ClickHouseAddresses:
+    plain: str  # 127.0.0.1:<native port>
+    tls: str | None  # 127.0.0.1:<native TLS port>, when a certificate was given
+
+
 @contextlib.contextmanager
-def clickhouse_server(timeout: float = 60.0) -> Iterator[str]:
-    """Yields `127.0.0.1:<native port>` of a running server; stops it and removes its data."""
+def clickhouse_server(
+    timeout: float = 60.0, *, certificate: tuple[Path, Path] | None = None
+) -> Iterator[ClickHouseAddresses]:
+    """A running server (with a TLS port too when given a certificate and its key); stops it and
+    removes its data afterwards."""
     binary = clickhouse_binary()
     with tempfile.TemporaryDirectory(prefix="clickhouse-") as folder:
         root = Path(folder)
-        tcp_port, http_port = free_port(), free_port()
+        tcp_port, http_port, tls_port = free_port(), free_port(), free_port()
+        tls = ""
+        if certificate is not None:
+            tls = TLS.format(port=tls_port, certificate=certificate[0], key=certificate[1])
         (root / "users.xml").write_text(USERS)
         config = root / "config.xml"
-        config.write_text(CONFIG.format(root=root, tcp_port=tcp_port, http_port=http_port))
+        config.write_text(CONFIG.format(root=root, tcp_port=tcp_port, http_port=http_port, tls=tls))
         process = subprocess.Popen(
             [binary, f"--config-file={config}"],
             cwd=root,
@@ -94,7 +116,9 @@ def clickhouse_server(timeout: float = 60.0) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("clickhouse-server did not start listening in time")
                 time.sleep(0.1)
-            yield f"127.0.0.1:{tcp_port}"
+            yield ClickHouseAddresses(
+                f"127.0.0.1:{tcp_port}", f"127.0.0.1:{tls_port}" if certificate is not None else None
+            )
         finally:
             process.terminate()
             try:

@@ -9,8 +9,8 @@ after a restart: `is_export_running`, `timestamp_cursor` (start of the current i
 the page due, and the token of the one job allowed to export it).
 
 Deliberate differences from the original, which forked its job chain (a retry enqueued the next
-page again, beside the page job that already had), could lose the last interval's tail to the
-live export and reported progress as all-empty or all-full:
+page again, beside the page job that already had), read past the upper bound (events the live
+export also sends) and reported progress as all-empty or all-full:
 
 - one page at a time: a page job enqueues exactly one follow-up, its own retry (RetryError or a
   read error; 3 s, 6 s, ... at most 15 retries, then the page is skipped with a log line) or the
@@ -19,8 +19,9 @@ live export and reported progress as all-empty or all-full:
 - the upper bound is inclusive and nothing after it is read; empty intervals are skipped with
   one query; empty pages are not handed to the plugin;
 - the progress bar shows the share of the time range done, logged when a cell fills;
-- a request while an export runs gets a log line saying so; a bad `dateFrom`/`dateTo` is
-  refused before anything is claimed, so it does not leave the export "running" for good.
+- a request while an export runs gets a log line saying so (and resumes it if its page job is
+  over an hour late, i.e. lost); a bad `dateFrom`/`dateTo` is refused before anything is
+  claimed, so it does not leave the export "running" for good.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ MAX_KEY = "max_timestamp"
 PAGE_KEY = "export_page"
 STATE_KEYS = (RUNNING_KEY, CURSOR_KEY, MIN_KEY, MAX_KEY, PAGE_KEY)
 
-HISTORICAL_EVENTS = Counter(
-    "plugin_server_historical_export_events_total",
-    "Events of historical exports, by outcome (exported, retried, skipped)",
+HISTORICAL_PAGES = Counter(
+    "plugin_server_historical_export_pages_total",
+    "Pages of historical exports, by outcome (exported, retried, skipped)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -380,7 +381,7 @@ class HistoricalExport:
                 else:
                     # not retried (as the original): the page is skipped and the error recorded
                     await self._host.record_error(ref.id, error)
-                    HISTORICAL_EVENTS.labels("skipped").inc(len(events))
+                    HISTORICAL_PAGES.labels("skipped").inc()
                     self._log(ref.id, f"Failed processing {described}: {error.message}. Skipped.")
                     await self._advance(ref, state, len(events))
                     return
@@ -388,7 +389,7 @@ class HistoricalExport:
             await self._retry(ref, state, described, failure)
             return
         if events:
-            HISTORICAL_EVENTS.labels("exported").inc(len(events))
+            HISTORICAL_PAGES.labels("exported").inc()
             self._metric(ref, "events_exported", len(events))
             self._log(ref.id, f"Successfully processed {described}.")
         await self._advance(ref, state, len(events))
@@ -396,7 +397,7 @@ class HistoricalExport:
     # ------------------------------------------------------------------ moving on
     async def _retry(self, ref: PluginConfigRef, state: ExportState, described: str, failure: str) -> None:
         if state.retries >= MAX_RETRIES:
-            HISTORICAL_EVENTS.labels("skipped").inc()
+            HISTORICAL_PAGES.labels("skipped").inc()
             self._log(
                 ref.id,
                 f"Failed processing {described} after {MAX_RETRIES} retries ({failure}). "
@@ -405,7 +406,7 @@ class HistoricalExport:
             await self._advance(ref, state, PAGE_SIZE)
             return
         delay = self._retry_base * 2**state.retries
-        HISTORICAL_EVENTS.labels("retried").inc()
+        HISTORICAL_PAGES.labels("retried").inc()
         self._log(ref.id, f"Failed processing {described}. Retrying in {delay:g}s")
         due = _now_ms() + int(delay * 1000)
         await self._move(ref, state, state.cursor, state.offset, state.retries + 1, due)

@@ -6,17 +6,19 @@ times; the reads use only what both versions have."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from plugin_server.config import Settings
+from plugin_server.config import Settings, load_settings
 from plugin_server.services.event_sources import ClickHouseEventSource, ClickHouseSettings, iso_ms
-from tests.clickhouse_server import clickhouse_server
+from tests.clickhouse_server import ClickHouseAddresses, clickhouse_server
 from tests.factories import TEAM_ID, create_team
 from tests.integration.conftest import wait_until
 from tests.kafka_topics import ensure_topics
@@ -50,13 +52,43 @@ ORDER BY (team_id, toDate(timestamp), distinct_id, uuid)
 """
 
 
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
-def clickhouse_address() -> Iterator[str]:
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and a server certificate for 127.0.0.1 it signed (openssl)."""
+    cwd = tmp_path_factory.mktemp("clickhouse-tls")
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem", cwd=cwd,
+    )  # fmt: skip
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+        "-out", "server.csr", cwd=cwd,
+    )  # fmt: skip
+    (cwd / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "san.cnf", "-out", "server.pem", cwd=cwd,
+    )  # fmt: skip
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def clickhouse_addresses(certificates: Path) -> Iterator[ClickHouseAddresses]:
+    certificate = (certificates / "server.pem", certificates / "server.key")
     try:
-        with clickhouse_server() as address:
-            yield address
+        with clickhouse_server(certificate=certificate) as addresses:
+            yield addresses
     except RuntimeError as exc:
         pytest.fail(f"ClickHouse could not be started: {exc}")
+
+
+@pytest.fixture
+def clickhouse_address(clickhouse_addresses: ClickHouseAddresses) -> str:
+    return clickhouse_addresses.plain
 
 
 @pytest.fixture
@@ -212,3 +244,35 @@ async def test_kafka_mode_is_not_ready_without_clickhouse(
 
 async def _done(pg: asyncpg.Pool, warehouse: Warehouse, expected: int) -> bool:
     return len(warehouse.counts()) >= expected and not await export_running(pg)
+
+
+async def test_tls_with_clickhouse_ca_verifies_the_server(
+    clickhouse_addresses: ClickHouseAddresses,
+    certificates: Path,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert clickhouse_addresses.tls is not None
+    secure = settings.replace(
+        clickhouse_host=clickhouse_addresses.tls,
+        clickhouse_secure=True,
+        clickhouse_database="default",
+        base_dir=str(certificates),
+        clickhouse_ca="ca.pem",  # relative to BASE_DIR, as the original reads it
+    )
+    trusted = ClickHouseEventSource(ClickHouseSettings.from_settings(secure))
+    assert await trusted.query("SELECT 1") == [(1,)]
+    # without the CA the server's certificate is not trusted
+    untrusted = ClickHouseEventSource(ClickHouseSettings.from_settings(secure.replace(clickhouse_ca=None)))
+    with pytest.raises(Exception, match="unreachable"):
+        await untrusted.query("SELECT 1")
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text  # asynch logs why
+
+
+def test_clickhouse_settings_ports() -> None:
+    base = load_settings({"NODE_ENV": "test"})
+    assert ClickHouseSettings.from_settings(base.replace(clickhouse_host="ch")).port == 9000
+    secure = ClickHouseSettings.from_settings(base.replace(clickhouse_host="ch", clickhouse_secure=True))
+    assert (secure.host, secure.port, secure.secure) == ("ch", 9440, True)
+    explicit = ClickHouseSettings.from_settings(base.replace(clickhouse_host="[::1]:9123"))
+    assert (explicit.host, explicit.port) == ("::1", 9123)
