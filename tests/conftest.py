@@ -115,6 +115,28 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
 
 
+@pytest.fixture(scope="session")
+def clickhouse_host() -> Iterator[str]:
+    """CLICKHOUSE_HOST of a ClickHouse server for the session: Kafka mode's readiness needs one."""
+    from tests.clickhouse_server import clickhouse_server
+
+    try:
+        with clickhouse_server() as addresses:
+            # the database CLICKHOUSE_DATABASE names in test mode
+            asyncio.run(_clickhouse_query(addresses.plain, "CREATE DATABASE IF NOT EXISTS posthog_test"))
+            yield addresses.plain
+    except RuntimeError as exc:
+        pytest.fail(f"ClickHouse could not be started: {exc}")
+
+
+async def _clickhouse_query(address: str, sql: str) -> None:
+    from asynch import Connection
+
+    host, port = address.rsplit(":", 1)
+    async with Connection(host=host, port=int(port)) as conn, conn.cursor() as cursor:
+        await cursor.execute(sql)
+
+
 def make_settings(pg_dsn: str, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "database_url": pg_dsn,

@@ -19,6 +19,8 @@ METHOD_NAMES = {
     "process_event": "processEvent",
 }
 EXPORT_JOBS = ("exportEventsWithRetry", "exportEventsFromTheBeginning", "Export historical events")
+# the job PostHog's UI shows a run button for (plugins §3.9)
+HISTORICAL_EXPORT_PUBLIC_JOB = "Export historical events"
 EXPORT_METRICS = (
     "events_seen",
     "events_delivered_successfully",
@@ -79,4 +81,23 @@ async def save_metrics(pg: asyncpg.Pool, plugin: Plugin, exports: dict[str, Any]
         return False
     await pg.execute(queries.UPDATE_METRICS, metrics, plugin.id)
     plugin.metrics = metrics
+    return True
+
+
+ADD_PUBLIC_JOB = """
+UPDATE posthog_plugin
+SET public_jobs = COALESCE(public_jobs, '{}'::jsonb) || jsonb_build_object($1::text, '{}'::jsonb)
+WHERE id = $2 AND (public_jobs IS NULL OR NOT public_jobs ? $1::text)
+"""
+
+
+async def save_public_jobs(pg: asyncpg.Pool, plugin: Plugin, exports: dict[str, Any]) -> bool:
+    """An exporting plugin gets the "Export historical events" run button, unless it has that
+    key already (a payload schema the plugin declared is kept)."""
+    if "export_events" not in exports.get("methods", []):
+        return False
+    if HISTORICAL_EXPORT_PUBLIC_JOB in (plugin.public_jobs or {}):
+        return False
+    await pg.execute(ADD_PUBLIC_JOB, HISTORICAL_EXPORT_PUBLIC_JOB, plugin.id)
+    plugin.public_jobs = {**(plugin.public_jobs or {}), HISTORICAL_EXPORT_PUBLIC_JOB: {}}
     return True

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugin_server.logs import get_logger
 from plugin_server.plugins import queries
-from plugin_server.plugins.capabilities import save_capabilities, save_metrics
+from plugin_server.plugins.capabilities import save_capabilities, save_metrics, save_public_jobs
 from plugin_server.plugins.host_services import PluginContext
 from plugin_server.plugins.loader import SourceNotFound, load_plugin_source
 from plugin_server.plugins.logs import LogTarget
@@ -116,6 +116,8 @@ class LoadedConfig:
             return
         if self.runtime is not None:
             await self.runtime.close()
+        if runner.before_load is not None:
+            await runner.before_load(self)
         spec = RuntimeSpec(self.key, self.config, source, self.context, runner.settings.task_timeout)
         self.runtime = runner.make_runtime(source.runtime, spec)
         outcome = await self.runtime.load()
@@ -164,6 +166,7 @@ class LoadedConfig:
         try:
             await save_metrics(runner.pg, self.config.plugin, exports)
             await save_capabilities(runner.pg, self.config.plugin, exports)
+            await save_public_jobs(runner.pg, self.config.plugin, exports)
             if self.config.error is not None:
                 await runner.errors.clear(self.config.id)
                 self.config.error = None

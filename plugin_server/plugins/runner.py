@@ -119,6 +119,8 @@ class PluginRunner:
         self.on_export_events: Callable[[LoadedConfig, list[PluginEvent]], None] | None = None
         # ... and flushes a config's buffer before the config is torn down.
         self.before_teardown: Callable[[int], Awaitable[None]] | None = None
+        # Called before each load attempt of a config (the historical export's setup step).
+        self.before_load: Callable[[LoadedConfig], Awaitable[None]] | None = None
         self._keys = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred_events = 0

@@ -20,6 +20,7 @@ from plugin_server.plugins.meta_services import config_ref
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
 from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
+from plugin_server.services.historical_export import HISTORICAL_JOBS, HistoricalExport
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
 
 log = get_logger(__name__)
@@ -35,6 +36,8 @@ class PluginRunnerHost:
         self.runner = runner
         # set once the export buffers exist: they run the exportEventsWithRetry job themselves
         self.export_buffers: ExportEventsBuffers | None = None
+        # set once the historical export exists: it runs its two jobs for exporting configs
+        self.historical_export: HistoricalExport | None = None
 
     def _config(self, plugin_config_id: int) -> LoadedConfig | None:
         return self.runner.loaded.get(plugin_config_id) or self.runner.retiring.get(plugin_config_id)
@@ -55,9 +58,26 @@ class PluginRunnerHost:
         if job_type == EXPORT_JOB and self.export_buffers is not None:
             await self.export_buffers.export_with_retry(plugin_config_id, payload)
             return
+        if job_type in HISTORICAL_JOBS and self.historical_export is not None:
+            if await self._exports_events(plugin_config_id):
+                await self.historical_export.run_job(plugin_config_id, job_type, payload)
+                return
         outcome = await self.runner.run_job(plugin_config_id, job_type, payload)
         if not outcome.ok and (outcome.error or {}).get("retry"):
             raise JobRetry((outcome.error or {}).get("message", ""))
+
+    async def _exports_events(self, plugin_config_id: int) -> bool:
+        """Whether the config has exportEvents; a config not loaded (yet) has its job retried."""
+        loaded = self._config(plugin_config_id)
+        exports = await loaded.wait() if loaded is not None else None
+        if loaded is None or exports is None:
+            raise JobRetry(f"plugin config {plugin_config_id} is not loaded")
+        return "export_events" in exports.get("methods", [])
+
+    def write_log(self, plugin_config_id: int, message: str) -> None:
+        loaded = self._config(plugin_config_id)
+        if loaded is not None:
+            self.runner.logs.write(loaded.target, "SYSTEM", "LOG", message)
 
     def workers_full(self) -> bool:
         return self.runner.pool.full()
@@ -166,6 +186,17 @@ class PluginRunnerService:
             self.runner.on_export_events = buffer_events
             self.ctx.extras[PLUGINS].export_buffers = buffers
             self.runner.before_teardown = buffers.remove
+        historical = self.ctx.extras.get("historical_export")
+        if historical is not None:
+
+            async def take_bounds(loaded: LoadedConfig) -> None:
+                # exporting plugins only (and those never loaded, whose methods are not known yet)
+                methods = (loaded.config.plugin.capabilities or {}).get("methods")
+                if loaded.config.team_id is not None and (methods is None or "exportEvents" in methods):
+                    await historical.take_bounds(loaded.id, loaded.config.team_id)
+
+            self.ctx.extras[PLUGINS].historical_export = historical
+            self.runner.before_load = take_bounds
         await self.runner.start()
 
     async def stop(self) -> None:

@@ -3,7 +3,8 @@
 `build_host_services` runs before plugins load (their setup may already enqueue jobs or look up
 IPs) and publishes `HostServices` as `ctx.extras["host_services"]`. `build_plugin_drivers` runs
 once the plugin registry exists: the scheduler, the job-queue consumer, the reload listener and
-the export buffers (published as `ctx.extras["export_buffers"]`).
+the export buffers (published as `ctx.extras["export_buffers"]`) and the historical export
+(`ctx.extras["historical_export"]`, reading Postgres or, in Kafka mode, ClickHouse).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 from plugin_server.context import AppContext
 from plugin_server.db.redis import create_redis
 from plugin_server.services.capture import PluginCapture
+from plugin_server.services.event_sources import ClickHouseEventSource, build_event_source
 from plugin_server.services.export_events import ExportEventsBuffers
 from plugin_server.services.fetch import PluginFetch
 from plugin_server.services.geoip import GeoIp
+from plugin_server.services.historical_export import HistoricalExport, HistoricalExportHost
 from plugin_server.services.host_api import HostServices
 from plugin_server.services.jobs import JobQueueConsumer, JobQueueManager, build_job_queues
-from plugin_server.services.plugin_host import ActionReloadHost, PluginHost, WorkerLoad
+from plugin_server.services.plugin_host import ActionReloadHost, PluginConfigRef, PluginHost, WorkerLoad
 from plugin_server.services.plugin_metrics import PluginMetrics
 from plugin_server.services.posthog_api import PosthogApi
 from plugin_server.services.reload import ReloadListener
@@ -84,8 +87,28 @@ def build_plugin_drivers(ctx: AppContext, plugins: PluginHost) -> list[Service]:
     ctx.extras["export_buffers"] = ExportEventsBuffers(
         plugins, enqueue_export_retry, increment_metric, test_mode=settings.env_class == "test"
     )
+    drivers: list[Service] = []
+    if isinstance(plugins, HistoricalExportHost):
+        source = build_event_source(settings, ctx.postgres)
+        if isinstance(source, ClickHouseEventSource):
+            drivers.append(source)  # Kafka mode: readiness includes ClickHouse
+
+        async def enqueue_page(
+            ref: PluginConfigRef, job_type: str, payload: dict[str, Any], run_at: int
+        ) -> None:
+            await host.enqueue_job(ref, job_type, payload, run_at)
+
+        ctx.extras["historical_export"] = HistoricalExport(
+            ctx.postgres,
+            source,
+            plugins,
+            enqueue_page,
+            host.metrics.increment,
+            instance_id=ctx.instance_id,
+        )
     actions = plugins if isinstance(plugins, ActionReloadHost) else ctx.extras.get("actions")
     return [
+        *drivers,
         Scheduler(
             plugins, create_redis(settings, max_connections=2), lock_ttl_seconds=settings.schedule_lock_ttl
         ),

@@ -97,7 +97,7 @@ async def test_kafka_mode_server_ingests_and_dead_letters(
 
 
 async def test_two_servers_share_the_topic_and_a_killed_one_loses_nothing(
-    pg_dsn: str, pg: asyncpg.Pool, kafka_bootstrap: str
+    pg_dsn: str, pg: asyncpg.Pool, kafka_bootstrap: str, clickhouse_host: str
 ) -> None:
     await create_team(pg)
     topic = f"events_plugin_ingestion_{uuid.uuid4().hex[:8]}"
@@ -108,6 +108,7 @@ async def test_two_servers_share_the_topic_and_a_killed_one_loses_nothing(
         KAFKA_ENABLED="true",
         KAFKA_HOSTS=kafka_bootstrap,
         KAFKA_CONSUMPTION_TOPIC=topic,
+        CLICKHOUSE_HOST=clickhouse_host,  # readiness includes ClickHouse in Kafka mode
         INGESTION_BATCH_SIZE="200",
         LOG_LEVEL="warn",
     )
