@@ -15,6 +15,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
+from plugin_server.db.errors import is_outage
 from plugin_server.ingestion import outbox
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
@@ -72,6 +73,16 @@ class Publisher(Protocol):
     async def __call__(self, messages: list[Any]) -> None: ...
 
 
+class InvalidContent(InvalidEvent):
+    """A step failed on what one event contains, in a way no check foresaw."""
+
+
+def _content_error(error: Exception) -> Exception:
+    if isinstance(error, EVENT_ERRORS):
+        return error
+    return InvalidContent(f"event content not processable: {type(error).__name__}: {error}"[:2000])
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, UnknownTeam):
         return "unknown_team"
@@ -79,6 +90,8 @@ def _reason(error: BaseException) -> str:
         return "invalid_timestamp"
     if isinstance(error, asyncpg.PostgresError):
         return "database_error"
+    if isinstance(error, InvalidContent):
+        return "invalid_content"
     if isinstance(error, EVENT_ERRORS):
         return "invalid_event"
     return "unexpected_error"
@@ -173,12 +186,16 @@ class PostgresIngestor:
             failures: list[_Failure] = []
             await self._write(prepared, failures)
             await self._dead_letter_all(batch, events, failures, outcomes)
-        for item in prepared:
-            if outcomes[item.position] is Outcome.INGESTED and item.matched:
-                self.hooks.fire(item.view, item.person, item.matched)
-        survivors = [e for e in events if e is not None]
-        if survivors:
-            self._plugins.on_events_ingested(survivors)
+        try:
+            for item in prepared:
+                if outcomes[item.position] is Outcome.INGESTED and item.matched:
+                    self.hooks.fire(item.view, item.person, item.matched)
+            survivors = [e for e in events if e is not None]
+            if survivors:
+                self._plugins.on_events_ingested(survivors)
+        except Exception:
+            # The batch is saved: a failure to hand it on must not have it ingested again.
+            log.exception("handing_on_ingested_events_failed")
         for outcome in Outcome:
             if count := outcomes.count(outcome):
                 EVENTS_INGESTED.labels(outcome.value).inc(count)
@@ -235,27 +252,46 @@ class PostgresIngestor:
             except EVENT_ERRORS as error:
                 failures.append(_Failure(position, error))
                 continue
-            except Exception as error:  # never let one odd event block its whole batch
-                log.exception("event_preparation_crashed", uuid=event.get("uuid"))
-                failures.append(_Failure(position, error))
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                # Whatever else one event's content makes a step fail on (a list where an object
+                # was expected, ...) is that event's fault: dead-lettered once, never retried.
+                failures.append(_Failure(position, _content_error(error)))
                 continue
             prepared.append(item)
         return prepared
 
     async def _write(self, prepared: list[PreparedEvent], failures: list[_Failure]) -> None:
-        """All in one transaction; when a data error spoils it, each event again in its own."""
+        """All in one transaction; when an event's data spoils it, each event again in its own.
+        An outage raises (after the pool's connections are marked for renewal)."""
         try:
-            async with self._pool.acquire() as conn:
-                failed = await self._write_transaction(conn, prepared)
-        except EVENT_DATA_ERRORS as error:
+            failed = await self._write_once(prepared)
+        except Exception as error:
+            if is_outage(error):
+                self._pool.expire_connections()  # all of them died with the server
+                raise
             if len(prepared) == 1:
-                failures.append(_Failure(prepared[0].position, error))
+                failures.append(_Failure(prepared[0].position, _content_error(error)))
                 return
             log.warning("batch_write_failed_isolating", error=str(error), events=len(prepared))
             for item in prepared:
                 await self._write([item], failures)
             return
         failures.extend(failed)
+
+    async def _write_once(self, prepared: list[PreparedEvent]) -> list[_Failure]:
+        conn = await self._pool.acquire()
+        try:
+            return await self._write_transaction(conn, prepared)
+        finally:
+            try:
+                await self._pool.release(conn)
+            except Exception as error:
+                # The transaction ended (committed or not) before the release: a failing reset
+                # of the connection must not make a committed batch look failed (the pool has
+                # closed that connection).
+                log.warning("connection_release_failed", error=repr(error))
 
     async def _write_transaction(
         self, conn: asyncpg.Connection, items: list[PreparedEvent]

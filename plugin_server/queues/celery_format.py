@@ -60,6 +60,13 @@ class CeleryTask:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+def _short(value: Any) -> str:
+    try:
+        return repr(value)[:100]
+    except ValueError:  # an integer too long to print
+        return f"a {type(value).__name__} too long to print"
+
+
 def _loads(data: bytes | str, what: str) -> Any:
     try:
         return _json_decode(data)
@@ -119,18 +126,19 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     envelope = _read_envelope(raw)
     if envelope.content_type != "application/json":
         raise CeleryMessageError(
-            "unsupported_content_type", f"unsupported content type {envelope.content_type!r}"
+            "unsupported_content_type", f"unsupported content type {_short(envelope.content_type)}"
         )
     properties = envelope.properties
     if properties is None:
         raise CeleryMessageError("bad_envelope", "queue element has no properties object")
     if properties.body_encoding != "base64":
         raise CeleryMessageError(
-            "unsupported_body_encoding", f"unsupported body encoding {properties.body_encoding!r}"
+            "unsupported_body_encoding", f"unsupported body encoding {_short(properties.body_encoding)}"
         )
     if envelope.content_encoding != "utf-8":
         raise CeleryMessageError(
-            "unsupported_content_encoding", f"unsupported content encoding {envelope.content_encoding!r}"
+            "unsupported_content_encoding",
+            f"unsupported content encoding {_short(envelope.content_encoding)}",
         )
     headers = envelope.headers
     if headers is None:
@@ -151,7 +159,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     name = headers.task
     if name:  # protocol 2: the name is in the headers, the body is [args, kwargs, embed]
         if not isinstance(name, str):
-            raise CeleryMessageError("bad_envelope", f"task header is not a string: {name!r}")
+            raise CeleryMessageError("bad_envelope", f"task header is not a string: {_short(name)}")
         if not isinstance(body, list) or len(body) < 2:
             raise CeleryMessageError(
                 "bad_body", "protocol 2 body is not an [args, kwargs, embed] array", task=name
@@ -176,9 +184,19 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     return CeleryTask(name, task_id if isinstance(task_id, str) else None, args, kwargs, protocol)
 
 
+# posthog_team.id is a Postgres integer: a team id beyond it names no team.
+_TEAM_IDS = range(-(2**31), 2**31)
+
+
 def _team_id(value: Any, task: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CeleryMessageError("bad_arguments", f"team_id argument is not an integer: {value!r}", task=task)
+        raise CeleryMessageError(
+            "bad_arguments", f"team_id argument is not an integer: {_short(value)}", task=task
+        )
+    if value not in _TEAM_IDS:
+        raise CeleryMessageError(
+            "bad_arguments", f"team_id argument is out of range: {_short(value)}", task=task
+        )
     return value
 
 
@@ -245,7 +263,7 @@ def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]
     if isinstance(config_id, bool) or not isinstance(config_id, int):
         raise CeleryMessageError(
             "bad_arguments",
-            f"plugin config id is not an integer: {config_id!r}",
+            f"plugin config id is not an integer: {_short(config_id)}",
             task=task.name,
             team_id=team_id,
         )

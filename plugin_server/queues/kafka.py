@@ -33,7 +33,7 @@ from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
-from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
+from plugin_server.queues.failures import ingest_alone, is_infrastructure_error, time_limit
 from plugin_server.queues.kafka_client import client_options
 from plugin_server.queues.kafka_producer import BatchingProducer
 
@@ -327,7 +327,7 @@ class KafkaIngestionConsumer:
         if self._staged is None or not events:
             return events
         try:
-            async with asyncio.timeout(self._batch_timeout):
+            async with time_limit(self._batch_timeout, "the batch"):
                 return await self._staged.prepare(events)
         except Exception as exc:
             if is_infrastructure_error(exc):
@@ -342,7 +342,7 @@ class KafkaIngestionConsumer:
             return
         if prepared is not _ONE_BY_ONE:
             try:
-                async with asyncio.timeout(self._batch_timeout):
+                async with time_limit(self._batch_timeout, "the batch"):
                     if self._staged is None:
                         await self._ingestor.ingest(events)
                     else:
