@@ -37,8 +37,11 @@ class DeadLetterQueue(Protocol):
         stage: str,
         team_id: int | None = None,
         event: dict[str, Any] | None = None,
+        *,
+        message_id: bytes | None = None,
     ) -> None:
-        """Store the failure durably; raise if it could not be stored (the caller keeps the message)."""
+        """Store the failure durably; raise if it could not be stored (the caller keeps the message).
+        With `message_id`, a message recorded (or committed) before is not recorded again."""
         ...
 
 
@@ -103,6 +106,8 @@ class PostgresDeadLetterQueue:
         stage: str,
         team_id: int | None = None,
         event: dict[str, Any] | None = None,
+        *,
+        message_id: bytes | None = None,
     ) -> None:
         # Whatever the message holds, the record must be storable: a dead-letter write that fails
         # on the message's content would keep the message and retry it forever.
@@ -111,12 +116,17 @@ class PostgresDeadLetterQueue:
         event_text, event_note = _event_json(event)
         error = _text(error[:MAX_ERROR_CHARS] + team_note + event_note)
         try:
-            await self._pool.execute(_INSERT, _text(stage), error, team, event_text, raw_bytes)
+            status = await self._pool.execute(
+                _INSERT, _text(stage), error, team, event_text, raw_bytes, message_id
+            )
         except Exception as exc:
             if event_text is None or is_outage(exc):
                 raise
             # What Postgres' jsonb refuses beyond the checks above (e.g. nesting too deep): keep
             # the raw message and the reason, without the parsed event.
             note = _text(f"{error} (event not storable as jsonb: {exc})"[:MAX_ERROR_CHARS])
-            await self._pool.execute(_INSERT, _text(stage), note, team, None, raw_bytes)
+            status = await self._pool.execute(_INSERT, _text(stage), note, team, None, raw_bytes, message_id)
+        if status.endswith(" 0"):
+            log.info("dead letter of a message delivered again skipped", stage=stage)
+            return
         DEAD_LETTERS.labels(stage).inc()

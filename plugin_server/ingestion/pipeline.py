@@ -35,7 +35,12 @@ from plugin_server.ingestion.prepare import (
     team_id_of,
 )
 from plugin_server.ingestion.properties import InvalidEvent
-from plugin_server.ingestion.queries import MARK_TEAM_INGESTED, SELECT_COHORT_MEMBERS
+from plugin_server.ingestion.queries import (
+    MARK_TEAM_INGESTED,
+    PRUNE_REMEMBERED_MESSAGES,
+    REMEMBER_MESSAGES,
+    SELECT_COHORT_MEMBERS,
+)
 from plugin_server.ingestion.teams import OrganizationCache, Team, TeamCache
 from plugin_server.ingestion.timestamps import InvalidTimestamp
 from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
@@ -97,6 +102,23 @@ def _reason(error: BaseException) -> str:
     return "unexpected_error"
 
 
+async def _skip_committed(conn: asyncpg.Connection, items: list[PreparedEvent]) -> list[PreparedEvent]:
+    """Remember the items' messages as committed (with this transaction) and return the items to
+    write: those whose message was not committed before. A message being committed by another
+    transaction meanwhile is waited for (its row is locked), then skipped."""
+    ids = [item.message_id for item in items if item.message_id is not None]
+    if not ids:
+        return items
+    fresh = {row[0] for row in await conn.fetch(REMEMBER_MESSAGES, ids)}
+    kept = []
+    for item in items:
+        item.duplicate = item.message_id is not None and item.message_id not in fresh
+        if not item.duplicate:
+            fresh.discard(item.message_id)  # the same message twice in one batch: written once
+            kept.append(item)
+    return kept
+
+
 @dataclass(slots=True)
 class _Failure:
     position: int
@@ -106,6 +128,7 @@ class _Failure:
 # Events prepared between two yields to the event loop, so that the previous batch's database
 # round trips go on while the next batch is prepared.
 _PREPARE_SLICE = 16
+PRUNE_SECONDS = 600.0
 
 
 @dataclass(slots=True)
@@ -154,13 +177,32 @@ class PostgresIngestor:
         self.writer = writer or PostgresEventWriter()
         # Kafka mode: what a transaction emitted (outbox) is handed over once it committed.
         self._publish = publish
+        self._pruning: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._owns_actions:
             await self.actions.reload_all()
+        self._pruning = asyncio.create_task(self._prune_remembered(), name="prune-remembered-messages")
 
     async def stop(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            await asyncio.gather(self._pruning, return_exceptions=True)
         await self.hooks.stop()
+
+    async def prune_remembered(self) -> int:
+        """Forget committed messages after a day (a re-delivery comes within minutes). Returns
+        how many were forgotten."""
+        status = await self._pool.execute(PRUNE_REMEMBERED_MESSAGES)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _prune_remembered(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_SECONDS)
+            try:
+                log.info("pruned remembered messages", count=await self.prune_remembered())
+            except Exception as error:  # an outage: the next round prunes
+                log.warning("pruning remembered messages failed", error=repr(error))
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
         return await self.commit(await self.prepare(batch))
@@ -172,7 +214,7 @@ class PostgresIngestor:
         outcomes = [Outcome.INGESTED] * len(batch)
         events = await self._run_plugins(batch, outcomes)
         failures: list[_Failure] = []
-        prepared = await self._prepare(events, failures)
+        prepared = await self._prepare(batch, events, failures)
         return PreparedBatch(batch, events, prepared, failures, outcomes, time.perf_counter() - started)
 
     async def commit(self, staged: PreparedBatch) -> list[Outcome]:
@@ -185,12 +227,19 @@ class PostgresIngestor:
         if prepared:
             failures: list[_Failure] = []
             await self._write(prepared, failures)
+            for item in prepared:
+                if item.duplicate:
+                    outcomes[item.position] = Outcome.DUPLICATE
             await self._dead_letter_all(batch, events, failures, outcomes)
         try:
             for item in prepared:
                 if outcomes[item.position] is Outcome.INGESTED and item.matched:
                     self.hooks.fire(item.view, item.person, item.matched)
-            survivors = [e for e in events if e is not None]
+            survivors = [
+                event
+                for event, outcome in zip(events, outcomes, strict=True)
+                if event is not None and outcome is not Outcome.DUPLICATE
+            ]
             if survivors:
                 self._plugins.on_events_ingested(survivors)
         except Exception:
@@ -218,7 +267,7 @@ class PostgresIngestor:
         return events
 
     async def _prepare(
-        self, events: Sequence[PluginEvent | None], failures: list[_Failure]
+        self, batch: Sequence[IncomingEvent], events: Sequence[PluginEvent | None], failures: list[_Failure]
     ) -> list[PreparedEvent]:
         teams: dict[int, Team | None] = {}
         for event in events:
@@ -249,6 +298,7 @@ class PostgresIngestor:
                 if not item.is_snapshot and isinstance(item.properties.get("$groups"), dict):
                     await self.group_types.add_group_properties(item.team.id, item.properties)
                 finish_properties(item, self._max_bytes, kafka=kafka)
+                item.message_id = batch[position].message_id
             except EVENT_ERRORS as error:
                 failures.append(_Failure(position, error))
                 continue
@@ -309,6 +359,7 @@ class PostgresIngestor:
             # Constraints are DEFERRABLE in the PostHog schema: check them per statement, so a
             # failing event is caught by its own savepoint instead of spoiling the COMMIT.
             await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            items = await _skip_committed(conn, items)
             changes = await apply_person_changes(conn, items, self.seen)
             failed = [_Failure(p, e) for p, e in changes.failures.items()]
             writable = [item for item in items if item.position not in changes.failures]
@@ -402,4 +453,6 @@ class PostgresIngestor:
             team_id=incoming.team_id,
             uuid=(event or incoming.event).get("uuid"),
         )
-        await self._dead_letters.record(incoming.raw, message, STAGE_INGESTION, incoming.team_id, event)
+        await self._dead_letters.record(
+            incoming.raw, message, STAGE_INGESTION, incoming.team_id, event, message_id=incoming.message_id
+        )

@@ -40,6 +40,7 @@ from plugin_server.queues.celery_format import (
     CeleryMessageError,
     event_from_task,
     job_from_task,
+    message_id,
     parse_celery_message,
 )
 from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
@@ -50,7 +51,8 @@ PARSE_STAGE = "celery_parse"
 PLUGIN_JOB_STAGE = "celery_plugin_job"
 # How long one blocking wait on an empty queue lasts (at most) before it is simply issued again.
 BLOCK_SECONDS = 5.0
-MAX_BACKOFF_SECONDS = 10.0
+# Retries while a store is down are at most this far apart: work resumes within it once it is back.
+MAX_BACKOFF_SECONDS = 1.0
 
 MALFORMED = Counter(
     "plugin_server_celery_malformed_messages",
@@ -377,6 +379,20 @@ class CeleryConsumer:
                 pipe.lrem(self._processing, -1, cast(str, raw))
             await pipe.execute()
 
+    async def _acknowledge_committed(self, messages: Sequence[bytes]) -> None:
+        """Acknowledge a committed batch, waiting for Redis if it is down: taking the batch again
+        would only find its messages committed, at the cost of running it through the plugins."""
+        backoff = _Backoff()
+        while True:
+            try:
+                await self._acknowledge_oldest(messages)
+                return
+            except (RedisError, OSError) as exc:
+                self._note_failure("redis", exc)
+                if self._stop_requested.is_set():
+                    raise
+                await self._sleep(backoff.next_delay())
+
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: Sequence[bytes], *, one_by_one: bool = False) -> None:
         started = time.perf_counter()
@@ -401,8 +417,9 @@ class CeleryConsumer:
         if not isinstance(result, Exception):
             return result
         log.warning("event dead-lettered: it failed alone", error=repr(result), team_id=event.team_id)
+        error = str(result) or repr(result)
         await self._dead_letters.record(
-            event.raw, str(result) or repr(result), STAGE_INGESTION, event.team_id
+            event.raw, error, STAGE_INGESTION, event.team_id, message_id=event.message_id
         )
         return Outcome.DEAD_LETTERED
 
@@ -442,7 +459,7 @@ class CeleryConsumer:
     ) -> None:
         outcomes = await ingestor.commit(prepared)
         self._count(outcomes)
-        await self._acknowledge_oldest(messages)
+        await self._acknowledge_committed(messages)
         self.batches_done += 1
         BATCHES.observe(time.perf_counter() - started)
 
@@ -524,7 +541,7 @@ class CeleryConsumer:
             team_id=exc.team_id,
             size=len(raw),
         )
-        await self._dead_letters.record(raw, str(exc), PARSE_STAGE, exc.team_id, None)
+        await self._dead_letters.record(raw, str(exc), PARSE_STAGE, exc.team_id, message_id=message_id(raw))
 
     async def _enqueue_job(self, raw: bytes, job: dict[str, Any]) -> None:
         if self._jobs is None:
@@ -539,7 +556,9 @@ class CeleryConsumer:
         log.warning(
             "plugin job dead-lettered", error=error, team_id=job["pluginConfigTeam"], type=job["type"]
         )
-        await self._dead_letters.record(raw, error, PLUGIN_JOB_STAGE, job["pluginConfigTeam"], job)
+        await self._dead_letters.record(
+            raw, error, PLUGIN_JOB_STAGE, job["pluginConfigTeam"], job, message_id=message_id(raw)
+        )
 
     # ------------------------------------------------------------------ heartbeat and recovery
     async def _beat(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import socket
@@ -58,6 +59,13 @@ class CeleryTask:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+
+
+def message_id(raw: bytes | str) -> bytes:
+    """What identifies a queue element across deliveries: 16 bytes of SHA-256 of it. Every element
+    Celery writes carries its own task id and delivery tag, so equal bytes mean the same message."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).digest()[:16]
 
 
 def _short(value: Any) -> str:
@@ -245,7 +253,7 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
         event.pop("distinct_id", None)
     elif type(distinct_id) is not str:
         event["distinct_id"] = js_string(distinct_id)
-    return IncomingEvent(team_id=team_id, event=event, raw=raw, source="celery")
+    return IncomingEvent(team_id=team_id, event=event, raw=raw, source="celery", message_id=message_id(raw))
 
 
 def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]:
