@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BASE_PYTHON ?= $(shell (pyenv which python 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck check services bench lock clean
+.PHONY: install run migrate test faults lint typecheck check services bench lock clean
 
 # The JS/TS plugin transpiler, pinned by version and npm integrity hash; no network at run time.
 BABEL_VERSION := 7.29.13
@@ -40,6 +40,11 @@ run: install services
 
 test: install services
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fault suite alone (part of `make test` too): own Postgres cluster and Redis restarted, the
+# server SIGKILLed, malformed messages fuzzed. Needs the Debian postgresql server binaries.
+faults: install services
+	$(PY) -m pytest -q tests/faults $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check plugin_server sandbox tests bench

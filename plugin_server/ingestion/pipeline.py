@@ -319,7 +319,7 @@ class PostgresIngestor:
             failed = await self._write_once(prepared)
         except Exception as error:
             if is_outage(error):
-                self._pool.expire_connections()  # all of them died with the server
+                await self._pool.expire_connections()  # all of them died with the server
                 raise
             if len(prepared) == 1:
                 failures.append(_Failure(prepared[0].position, _content_error(error)))

@@ -264,16 +264,12 @@ class CeleryConsumer:
                         await self._step()
                     backoff.reset()
                     self._last_error = None
-                except (RedisError, OSError) as exc:
-                    self._note_failure("redis", exc)
-                    await self._settle_commit()
-                    await self._sleep(backoff.next_delay())
                 except Exception as exc:
                     # The batch stays in the processing list and is taken again: after waiting when
                     # a store failed, one event at a time at once when the events did.
-                    self._note_failure("ingest", exc)
+                    self._note_failure("redis" if isinstance(exc, RedisError) else "ingest", exc)
                     await self._settle_commit()
-                    if is_infrastructure_error(exc):
+                    if isinstance(exc, RedisError) or is_infrastructure_error(exc):
                         await self._sleep(backoff.next_delay())
                     else:
                         log.warning("Celery batch failed; retrying its events one by one", error=repr(exc))
@@ -474,10 +470,8 @@ class CeleryConsumer:
         so the next take starts again from the whole processing list."""
         try:
             await self._finish_commit()
-        except (RedisError, OSError) as exc:
-            self._note_failure("redis", exc)
         except Exception as exc:
-            self._note_failure("ingest", exc)
+            self._note_failure("redis" if isinstance(exc, RedisError) else "ingest", exc)
         await self._drop_take_ahead()
 
     async def _taken_ahead(self) -> list[bytes]:
@@ -613,8 +607,16 @@ class CeleryConsumer:
     # ------------------------------------------------------------------ helpers
     def _note_failure(self, kind: str, exc: BaseException) -> None:
         ERRORS.labels(kind).inc()
-        self._last_error = f"{kind}: {exc!r}"
-        log.error("Celery consumer failed; backing off", kind=kind, error=repr(exc), exc_info=exc)
+        error = f"{kind}: {exc!r}"
+        # While a store is down the same failure repeats every second: its traceback once is enough.
+        repeated = error == self._last_error
+        self._last_error = error
+        log.error(
+            "Celery consumer failed; backing off",
+            kind=kind,
+            error=repr(exc),
+            exc_info=None if repeated else exc,
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when stop is asked."""
