@@ -34,6 +34,7 @@ from plugin_server.ingestion.pipeline import STAGE_INGESTION
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
+from plugin_server.queues.backpressure import BEHIND, Behind
 from plugin_server.queues.celery_format import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
@@ -142,6 +143,8 @@ end
 return 0
 """
 
+DOWNSTREAM_POLL_SECONDS = 0.05
+
 # Messages parsed between two yields to the event loop (so a batch committing meanwhile goes on).
 _PARSE_SLICE = 25
 
@@ -198,6 +201,7 @@ class CeleryConsumer:
         batch_size: int = 500,
         heartbeat_ttl: float = 30.0,
         on_events: Callable[[], None] | None = None,
+        downstream: Behind | None = None,
     ) -> None:
         self._redis = redis
         self.keys = CeleryKeys(queue)
@@ -210,6 +214,7 @@ class CeleryConsumer:
         self._batch_size = batch_size
         self._heartbeat_ttl = heartbeat_ttl
         self._on_events = on_events  # told each time events were handed on (staleness watchdog)
+        self._downstream = downstream  # why taking the next batch should wait (back-pressure)
         # A blocking wait must end before the client's read timeout would call it a failure.
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._block_seconds = min(BLOCK_SECONDS, socket_timeout / 2) if socket_timeout else BLOCK_SECONDS
@@ -255,6 +260,10 @@ class CeleryConsumer:
                     if not self._resumed.is_set():
                         await self._finish_commit()
                         await self._wait_for(self._resumed)
+                        continue
+                    if self._downstream is not None and (reason := self._downstream()):
+                        await self._finish_commit()
+                        await self._wait_downstream(reason)
                         continue
                     if self._one_by_one:
                         await self._step_one_by_one()
@@ -605,6 +614,22 @@ class CeleryConsumer:
                 log.warning("Celery heartbeat failed", error=repr(exc))
 
     # ------------------------------------------------------------------ helpers
+    async def _wait_downstream(self, reason: str) -> None:
+        """Take no batch while the work batches hand on is behind (memory stays bounded and
+        nothing is dropped); look again every 50 ms."""
+        assert self._downstream is not None
+        log.warning("Celery consumer waits: downstream work behind", reason=reason)
+        BEHIND.labels(self.name).set(1)
+        started = time.monotonic()
+        try:
+            while not self._stop_requested.is_set() and self._downstream():
+                await self._sleep(DOWNSTREAM_POLL_SECONDS)
+        finally:
+            BEHIND.labels(self.name).set(0)
+        log.info(
+            "Celery consumer resumes: downstream caught up", waited_s=round(time.monotonic() - started, 2)
+        )
+
     def _note_failure(self, kind: str, exc: BaseException) -> None:
         ERRORS.labels(kind).inc()
         error = f"{kind}: {exc!r}"
