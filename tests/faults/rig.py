@@ -71,7 +71,7 @@ class Rig:
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- the server
-    def start_server(self) -> None:
+    def start_server(self, **env_values: str) -> None:
         self.port = free_port()
         env = server_env(
             DATABASE_URL=self.dsn,
@@ -80,6 +80,7 @@ class Rig:
             INGESTION_BATCH_SIZE=str(self.batch_size),
             CELERY_HEARTBEAT_TTL_SECONDS="3",
             LOG_LEVEL="warn",
+            **env_values,
         )
         self._log_file = open(self.logs / f"server-{time.monotonic_ns()}.log", "wb")
         self.process = subprocess.Popen(
