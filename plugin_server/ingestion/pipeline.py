@@ -360,6 +360,8 @@ class PostgresIngestor:
             # failing event is caught by its own savepoint instead of spoiling the COMMIT.
             await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             items = await _skip_committed(conn, items)
+            if not items:
+                return []  # every message was committed before
             changes = await apply_person_changes(conn, items, self.seen)
             failed = [_Failure(p, e) for p, e in changes.failures.items()]
             writable = [item for item in items if item.position not in changes.failures]

@@ -93,3 +93,13 @@ async def test_remembered_messages_are_forgotten_after_a_day(
     )
     assert await ingestor.prune_remembered() == 1
     assert await pg.fetchval("SELECT count(*) FROM plugin_server_ingested_message") == 1
+
+
+async def test_a_batch_delivered_again_whole_is_all_duplicates(
+    pg: asyncpg.Pool, ingestor: PostgresIngestor
+) -> None:
+    batch = [delivered(i) for i in range(4)]
+    assert await ingestor.ingest(batch) == [Outcome.INGESTED] * 4
+    assert await ingestor.ingest([delivered(i) for i in range(4)]) == [Outcome.DUPLICATE] * 4
+    assert await stored_seqs(pg) == [0, 1, 2, 3]
+    assert await pg.fetchval("SELECT count(*) FROM plugin_server_dead_letter") == 0
