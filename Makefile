@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BASE_PYTHON ?= $(shell (pyenv which python 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: install run migrate test test-random lint typecheck check services bench lock clean
+.PHONY: install run migrate test test-random faults lint typecheck check services bench lock clean
 
 # The JS/TS plugin transpiler, pinned by version and npm integrity hash; no network at run time.
 BABEL_VERSION := 7.29.13
@@ -49,6 +49,11 @@ test: install services
 # The same suite in a random order (pytest-randomly); PYTEST_ARGS=--randomly-seed=N repeats one.
 test-random: install services
 	$(PY) -m pytest -q -p randomly $(PYTEST_ARGS)
+
+# The fault suite alone (part of `make test` too): own Postgres cluster and Redis restarted, the
+# server SIGKILLed, malformed messages fuzzed. Needs the Debian postgresql server binaries.
+faults: install services
+	$(PY) -m pytest -q tests/faults $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check plugin_server sandbox posthog_plugin examples tests bench

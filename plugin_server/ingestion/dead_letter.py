@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import asyncpg
 from prometheus_client import Counter
 
+from plugin_server.db.errors import is_outage
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
 
@@ -36,14 +37,27 @@ class DeadLetterQueue(Protocol):
         stage: str,
         team_id: int | None = None,
         event: dict[str, Any] | None = None,
+        *,
+        message_id: bytes | None = None,
     ) -> None:
-        """Store the failure durably; raise if it could not be stored (the caller keeps the message)."""
+        """Store the failure durably; raise if it could not be stored (the caller keeps the message).
+        With `message_id`, a message recorded (or committed) before is not recorded again."""
         ...
 
 
+# An error text longer than this is cut (the raw message is always kept whole).
+MAX_ERROR_CHARS = 10_000
+_INT4 = range(-(2**31), 2**31)
+
+
 def _text(value: str) -> str:
-    # Postgres text cannot hold NUL.
-    return value.replace("\x00", "\\u0000")
+    """Text Postgres can store: NUL and lone surrogates written as escapes."""
+    value = value.replace("\x00", "\\u0000")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _raw_bytes(raw: bytes | str | None) -> bytes | None:
@@ -52,13 +66,31 @@ def _raw_bytes(raw: bytes | str | None) -> bytes | None:
     return raw.encode("utf-8", "backslashreplace")
 
 
-def _event_json(event: dict[str, Any] | None) -> str | None:
-    if event is None:
-        return None
+def _team_column(team_id: Any) -> tuple[int | None, str]:
+    """The team id the integer column can hold, and a note for the error text when it cannot."""
+    if team_id is None:
+        return None, ""
+    if isinstance(team_id, int) and not isinstance(team_id, bool) and team_id in _INT4:
+        return team_id, ""
     try:
-        return json.dumps(event, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
-        return None
+        shown = repr(team_id)[:100]
+    except ValueError:  # an integer too long to print
+        shown = f"of {type(team_id).__name__}"
+    return None, f" (team_id {shown} not storable)"
+
+
+def _event_json(event: dict[str, Any] | None) -> tuple[str | None, str]:
+    """The event as JSON text Postgres' jsonb accepts, or None and the reason it cannot be."""
+    if event is None:
+        return None, ""
+    try:
+        text = json.dumps(event, ensure_ascii=False, default=str, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        return None, f" (event not storable as jsonb: {type(exc).__name__}: {exc})"
+    if "\\u0000" in text:
+        return None, " (event not storable as jsonb: it contains a NUL character)"
+    return text, ""
 
 
 class PostgresDeadLetterQueue:
@@ -74,16 +106,27 @@ class PostgresDeadLetterQueue:
         stage: str,
         team_id: int | None = None,
         event: dict[str, Any] | None = None,
+        *,
+        message_id: bytes | None = None,
     ) -> None:
+        # Whatever the message holds, the record must be storable: a dead-letter write that fails
+        # on the message's content would keep the message and retry it forever.
         raw_bytes = _raw_bytes(raw)
-        event_text = _event_json(event)
+        team, team_note = _team_column(team_id)
+        event_text, event_note = _event_json(event)
+        error = _text(error[:MAX_ERROR_CHARS] + team_note + event_note)
         try:
-            await self._pool.execute(_INSERT, _text(stage), _text(error), team_id, event_text, raw_bytes)
-        except (asyncpg.DataError, UnicodeEncodeError) as exc:
-            if event_text is None:
+            status = await self._pool.execute(
+                _INSERT, _text(stage), error, team, event_text, raw_bytes, message_id
+            )
+        except Exception as exc:
+            if event_text is None or is_outage(exc):
                 raise
-            # The event itself is what Postgres refuses (NUL, lone surrogates): keep the raw message
-            # and the reason, without the parsed event.
-            note = f"{error} (event not storable as jsonb: {exc})"
-            await self._pool.execute(_INSERT, _text(stage), _text(note), team_id, None, raw_bytes)
+            # What Postgres' jsonb refuses beyond the checks above (e.g. nesting too deep): keep
+            # the raw message and the reason, without the parsed event.
+            note = _text(f"{error} (event not storable as jsonb: {exc})"[:MAX_ERROR_CHARS])
+            status = await self._pool.execute(_INSERT, _text(stage), note, team, None, raw_bytes, message_id)
+        if status.endswith(" 0"):
+            log.info("dead letter of a message delivered again skipped", stage=stage)
+            return
         DEAD_LETTERS.labels(stage).inc()

@@ -53,9 +53,12 @@ class KafkaDeadLetterQueue:
         stage: str,
         team_id: int | None = None,
         event: dict[str, Any] | None = None,
+        *,
+        message_id: bytes | None = None,
     ) -> None:
         """An event that failed (`event` given), or a message that could not be read as one
-        (its raw text kept as `raw_payload`)."""
+        (its raw text kept as `raw_payload`). `message_id` is not used: a message read again
+        after a crash may be dead-lettered again (at least once, as every output topic)."""
         location = error_location(stage)
         if event is not None:
             record = dead_letter_record(event, error, location, max_bytes=self._producer.max_message_bytes)

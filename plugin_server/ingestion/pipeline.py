@@ -15,6 +15,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from plugin_server.config import Settings
+from plugin_server.db.errors import is_outage
 from plugin_server.ingestion import outbox
 from plugin_server.ingestion.actions import ActionCache, MatchInput, match_actions
 from plugin_server.ingestion.api import EventPluginRunner
@@ -34,7 +35,12 @@ from plugin_server.ingestion.prepare import (
     team_id_of,
 )
 from plugin_server.ingestion.properties import InvalidEvent
-from plugin_server.ingestion.queries import MARK_TEAM_INGESTED, SELECT_COHORT_MEMBERS
+from plugin_server.ingestion.queries import (
+    MARK_TEAM_INGESTED,
+    PRUNE_REMEMBERED_MESSAGES,
+    REMEMBER_MESSAGES,
+    SELECT_COHORT_MEMBERS,
+)
 from plugin_server.ingestion.teams import OrganizationCache, Team, TeamCache
 from plugin_server.ingestion.timestamps import InvalidTimestamp
 from plugin_server.ingestion.types import IncomingEvent, Outcome, PluginEvent
@@ -72,6 +78,16 @@ class Publisher(Protocol):
     async def __call__(self, messages: list[Any]) -> None: ...
 
 
+class InvalidContent(InvalidEvent):
+    """A step failed on what one event contains, in a way no check foresaw."""
+
+
+def _content_error(error: Exception) -> Exception:
+    if isinstance(error, EVENT_ERRORS):
+        return error
+    return InvalidContent(f"event content not processable: {type(error).__name__}: {error}"[:2000])
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, UnknownTeam):
         return "unknown_team"
@@ -79,9 +95,28 @@ def _reason(error: BaseException) -> str:
         return "invalid_timestamp"
     if isinstance(error, asyncpg.PostgresError):
         return "database_error"
+    if isinstance(error, InvalidContent):
+        return "invalid_content"
     if isinstance(error, EVENT_ERRORS):
         return "invalid_event"
     return "unexpected_error"
+
+
+async def _skip_committed(conn: asyncpg.Connection, items: list[PreparedEvent]) -> list[PreparedEvent]:
+    """Remember the items' messages as committed (with this transaction) and return the items to
+    write: those whose message was not committed before. A message being committed by another
+    transaction meanwhile is waited for (its row is locked), then skipped."""
+    ids = [item.message_id for item in items if item.message_id is not None]
+    if not ids:
+        return items
+    fresh = {row[0] for row in await conn.fetch(REMEMBER_MESSAGES, ids)}
+    kept = []
+    for item in items:
+        item.duplicate = item.message_id is not None and item.message_id not in fresh
+        if not item.duplicate:
+            fresh.discard(item.message_id)  # the same message twice in one batch: written once
+            kept.append(item)
+    return kept
 
 
 @dataclass(slots=True)
@@ -93,6 +128,7 @@ class _Failure:
 # Events prepared between two yields to the event loop, so that the previous batch's database
 # round trips go on while the next batch is prepared.
 _PREPARE_SLICE = 16
+PRUNE_SECONDS = 600.0
 
 
 @dataclass(slots=True)
@@ -141,13 +177,32 @@ class PostgresIngestor:
         self.writer = writer or PostgresEventWriter(self.group_types)
         # Kafka mode: what a transaction emitted (outbox) is handed over once it committed.
         self._publish = publish
+        self._pruning: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._owns_actions:
             await self.actions.reload_all()
+        self._pruning = asyncio.create_task(self._prune_remembered(), name="prune-remembered-messages")
 
     async def stop(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            await asyncio.gather(self._pruning, return_exceptions=True)
         await self.hooks.stop()
+
+    async def prune_remembered(self) -> int:
+        """Forget committed messages after a day (a re-delivery comes within minutes). Returns
+        how many were forgotten."""
+        status = await self._pool.execute(PRUNE_REMEMBERED_MESSAGES)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _prune_remembered(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_SECONDS)
+            try:
+                log.info("pruned remembered messages", count=await self.prune_remembered())
+            except Exception as error:  # an outage: the next round prunes
+                log.warning("pruning remembered messages failed", error=repr(error))
 
     async def ingest(self, batch: Sequence[IncomingEvent]) -> list[Outcome]:
         return await self.commit(await self.prepare(batch))
@@ -159,7 +214,7 @@ class PostgresIngestor:
         outcomes = [Outcome.INGESTED] * len(batch)
         events = await self._run_plugins(batch, outcomes)
         failures: list[_Failure] = []
-        prepared = await self._prepare(events, failures)
+        prepared = await self._prepare(batch, events, failures)
         return PreparedBatch(batch, events, prepared, failures, outcomes, time.perf_counter() - started)
 
     async def commit(self, staged: PreparedBatch) -> list[Outcome]:
@@ -172,13 +227,24 @@ class PostgresIngestor:
         if prepared:
             failures: list[_Failure] = []
             await self._write(prepared, failures)
+            for item in prepared:
+                if item.duplicate:
+                    outcomes[item.position] = Outcome.DUPLICATE
             await self._dead_letter_all(batch, events, failures, outcomes)
-        for item in prepared:
-            if outcomes[item.position] is Outcome.INGESTED and item.matched:
-                self.hooks.fire(item.view, item.person, item.matched)
-        survivors = [e for e in events if e is not None]
-        if survivors:
-            self._plugins.on_events_ingested(survivors)
+        try:
+            for item in prepared:
+                if outcomes[item.position] is Outcome.INGESTED and item.matched:
+                    self.hooks.fire(item.view, item.person, item.matched)
+            survivors = [
+                event
+                for event, outcome in zip(events, outcomes, strict=True)
+                if event is not None and outcome is not Outcome.DUPLICATE
+            ]
+            if survivors:
+                self._plugins.on_events_ingested(survivors)
+        except Exception:
+            # The batch is saved: a failure to hand it on must not have it ingested again.
+            log.exception("handing_on_ingested_events_failed")
         for outcome in Outcome:
             if count := outcomes.count(outcome):
                 EVENTS_INGESTED.labels(outcome.value).inc(count)
@@ -201,7 +267,7 @@ class PostgresIngestor:
         return events
 
     async def _prepare(
-        self, events: Sequence[PluginEvent | None], failures: list[_Failure]
+        self, batch: Sequence[IncomingEvent], events: Sequence[PluginEvent | None], failures: list[_Failure]
     ) -> list[PreparedEvent]:
         teams: dict[int, Team | None] = {}
         for event in events:
@@ -232,30 +298,50 @@ class PostgresIngestor:
                 if not item.is_snapshot and isinstance(item.properties.get("$groups"), dict):
                     await self.group_types.add_group_properties(item.team.id, item.properties)
                 finish_properties(item, self._max_bytes, kafka=kafka)
+                item.message_id = batch[position].message_id
             except EVENT_ERRORS as error:
                 failures.append(_Failure(position, error))
                 continue
-            except Exception as error:  # never let one odd event block its whole batch
-                log.exception("event_preparation_crashed", uuid=event.get("uuid"))
-                failures.append(_Failure(position, error))
+            except Exception as error:
+                if is_outage(error):
+                    raise
+                # Whatever else one event's content makes a step fail on (a list where an object
+                # was expected, ...) is that event's fault: dead-lettered once, never retried.
+                failures.append(_Failure(position, _content_error(error)))
                 continue
             prepared.append(item)
         return prepared
 
     async def _write(self, prepared: list[PreparedEvent], failures: list[_Failure]) -> None:
-        """All in one transaction; when a data error spoils it, each event again in its own."""
+        """All in one transaction; when an event's data spoils it, each event again in its own.
+        An outage raises (after the pool's connections are marked for renewal)."""
         try:
-            async with self._pool.acquire() as conn:
-                failed = await self._write_transaction(conn, prepared)
-        except EVENT_DATA_ERRORS as error:
+            failed = await self._write_once(prepared)
+        except Exception as error:
+            if is_outage(error):
+                await self._pool.expire_connections()  # all of them died with the server
+                raise
             if len(prepared) == 1:
-                failures.append(_Failure(prepared[0].position, error))
+                failures.append(_Failure(prepared[0].position, _content_error(error)))
                 return
             log.warning("batch_write_failed_isolating", error=str(error), events=len(prepared))
             for item in prepared:
                 await self._write([item], failures)
             return
         failures.extend(failed)
+
+    async def _write_once(self, prepared: list[PreparedEvent]) -> list[_Failure]:
+        conn = await self._pool.acquire()
+        try:
+            return await self._write_transaction(conn, prepared)
+        finally:
+            try:
+                await self._pool.release(conn)
+            except Exception as error:
+                # The transaction ended (committed or not) before the release: a failing reset
+                # of the connection must not make a committed batch look failed (the pool has
+                # closed that connection).
+                log.warning("connection_release_failed", error=repr(error))
 
     async def _write_transaction(
         self, conn: asyncpg.Connection, items: list[PreparedEvent]
@@ -273,6 +359,9 @@ class PostgresIngestor:
             # Constraints are DEFERRABLE in the PostHog schema: check them per statement, so a
             # failing event is caught by its own savepoint instead of spoiling the COMMIT.
             await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            items = await _skip_committed(conn, items)
+            if not items:
+                return []  # every message was committed before
             changes = await apply_person_changes(conn, items, self.seen)
             failed = [_Failure(p, e) for p, e in changes.failures.items()]
             writable = [item for item in items if item.position not in changes.failures]
@@ -366,4 +455,6 @@ class PostgresIngestor:
             team_id=incoming.team_id,
             uuid=(event or incoming.event).get("uuid"),
         )
-        await self._dead_letters.record(incoming.raw, message, STAGE_INGESTION, incoming.team_id, event)
+        await self._dead_letters.record(
+            incoming.raw, message, STAGE_INGESTION, incoming.team_id, event, message_id=incoming.message_id
+        )

@@ -63,7 +63,9 @@ class PreparedEvent:
     set_once_props: dict[str, Any] | None = None
     session_id: str | None = ""  # None: the event had none (Kafka mode leaves the key out)
     snapshot_missing: bool = False  # no $snapshot_data (Kafka mode leaves the key out)
+    message_id: bytes | None = None  # see IncomingEvent.message_id
     # filled while writing
+    duplicate: bool = False  # its message's effects were committed before: nothing written
     event_id: int | None = None
     matched: list[Action] = field(default_factory=list)
     person: Person | None = None

@@ -172,3 +172,12 @@ SELECT_REST_HOOKS = (
     "SELECT * FROM ee_hook WHERE team_id = $1 AND event = 'action_performed' AND resource_id = $2"
 )
 DELETE_REST_HOOK = "DELETE FROM ee_hook WHERE id = $1"
+
+# Messages whose effects this transaction commits; returns those not committed before.
+REMEMBER_MESSAGES = """
+INSERT INTO plugin_server_ingested_message (id) SELECT unnest($1::bytea[])
+ON CONFLICT DO NOTHING RETURNING id
+"""
+PRUNE_REMEMBERED_MESSAGES = """
+DELETE FROM plugin_server_ingested_message WHERE created_at < now() - interval '1 day'
+"""

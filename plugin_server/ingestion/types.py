@@ -19,9 +19,13 @@ class IncomingEvent:
     event: PluginEvent
     raw: bytes | str
     source: str  # "celery" or "kafka"
+    # Identifies the message across deliveries: when set, its effects are committed once
+    # (a message delivered again is skipped). None: no such bookkeeping (Kafka mode).
+    message_id: bytes | None = None
 
 
 class Outcome(enum.Enum):
     INGESTED = "ingested"
     DROPPED = "dropped"  # a plugin returned nothing: not an error
     DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"  # the message was delivered before and its effects are committed

@@ -50,14 +50,10 @@ PLUGIN_CALLS = Counter(
     ["method", "result"],
     registry=REGISTRY,
 )
-DEFERRED_DROPPED = Counter(
-    "plugin_server_on_event_dropped",
-    "Events not handed to onEvent/onSnapshot because too many were still waiting",
-    registry=REGISTRY,
-)
 
 SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 TEARDOWN_SECONDS = 5.0
+# onEvent/onSnapshot events waiting beyond which the queue consumers pause (none is dropped).
 MAX_DEFERRED_EVENTS = 20_000
 TASK_TIMEOUT_FACTOR = 10  # scheduled tasks and jobs get one overall limit of 10 x TASK_TIMEOUT
 
@@ -347,14 +343,15 @@ class PluginRunner:
                 groups.setdefault((config, method), []).append(event)
         if not groups:
             return
-        count = sum(len(v) for v in groups.values())
-        if self._deferred_events + count > MAX_DEFERRED_EVENTS:
-            DEFERRED_DROPPED.inc(count)
-            log.warning("onEvent backlog full; events not handed to plugins", count=count)
-            return
-        self._deferred_events += count
+        # Never dropped: the queue consumers pause while `deferred_events` is at MAX_DEFERRED_EVENTS.
+        self._deferred_events += sum(len(v) for v in groups.values())
         for (config, method), batch in groups.items():
             self._spawn(self._run_deferred(config, method, batch))
+
+    @property
+    def deferred_events(self) -> int:
+        """Events handed to onEvent/onSnapshot whose calls have not finished."""
+        return self._deferred_events
 
     async def _run_deferred(self, config: LoadedConfig, method: str, events: list[PluginEvent]) -> None:
         try:

@@ -34,12 +34,14 @@ from plugin_server.ingestion.pipeline import STAGE_INGESTION
 from plugin_server.ingestion.types import IncomingEvent, Outcome
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
+from plugin_server.queues.backpressure import BEHIND, Behind
 from plugin_server.queues.celery_format import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
     CeleryMessageError,
     event_from_task,
     job_from_task,
+    message_id,
     parse_celery_message,
 )
 from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
@@ -50,7 +52,8 @@ PARSE_STAGE = "celery_parse"
 PLUGIN_JOB_STAGE = "celery_plugin_job"
 # How long one blocking wait on an empty queue lasts (at most) before it is simply issued again.
 BLOCK_SECONDS = 5.0
-MAX_BACKOFF_SECONDS = 10.0
+# Retries while a store is down are at most this far apart: work resumes within it once it is back.
+MAX_BACKOFF_SECONDS = 1.0
 
 MALFORMED = Counter(
     "plugin_server_celery_malformed_messages",
@@ -140,6 +143,8 @@ end
 return 0
 """
 
+DOWNSTREAM_POLL_SECONDS = 0.05
+
 # Messages parsed between two yields to the event loop (so a batch committing meanwhile goes on).
 _PARSE_SLICE = 25
 
@@ -196,6 +201,7 @@ class CeleryConsumer:
         batch_size: int = 500,
         heartbeat_ttl: float = 30.0,
         on_events: Callable[[], None] | None = None,
+        downstream: Behind | None = None,
     ) -> None:
         self._redis = redis
         self.keys = CeleryKeys(queue)
@@ -208,6 +214,7 @@ class CeleryConsumer:
         self._batch_size = batch_size
         self._heartbeat_ttl = heartbeat_ttl
         self._on_events = on_events  # told each time events were handed on (staleness watchdog)
+        self._downstream = downstream  # why taking the next batch should wait (back-pressure)
         # A blocking wait must end before the client's read timeout would call it a failure.
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._block_seconds = min(BLOCK_SECONDS, socket_timeout / 2) if socket_timeout else BLOCK_SECONDS
@@ -254,6 +261,10 @@ class CeleryConsumer:
                         await self._finish_commit()
                         await self._wait_for(self._resumed)
                         continue
+                    if self._downstream is not None and (reason := self._downstream()):
+                        await self._finish_commit()
+                        await self._wait_downstream(reason)
+                        continue
                     if self._one_by_one:
                         await self._step_one_by_one()
                     elif self._staged is not None:
@@ -262,16 +273,12 @@ class CeleryConsumer:
                         await self._step()
                     backoff.reset()
                     self._last_error = None
-                except (RedisError, OSError) as exc:
-                    self._note_failure("redis", exc)
-                    await self._settle_commit()
-                    await self._sleep(backoff.next_delay())
                 except Exception as exc:
                     # The batch stays in the processing list and is taken again: after waiting when
                     # a store failed, one event at a time at once when the events did.
-                    self._note_failure("ingest", exc)
+                    self._note_failure("redis" if isinstance(exc, RedisError) else "ingest", exc)
                     await self._settle_commit()
-                    if is_infrastructure_error(exc):
+                    if isinstance(exc, RedisError) or is_infrastructure_error(exc):
                         await self._sleep(backoff.next_delay())
                     else:
                         log.warning("Celery batch failed; retrying its events one by one", error=repr(exc))
@@ -377,6 +384,20 @@ class CeleryConsumer:
                 pipe.lrem(self._processing, -1, cast(str, raw))
             await pipe.execute()
 
+    async def _acknowledge_committed(self, messages: Sequence[bytes]) -> None:
+        """Acknowledge a committed batch, waiting for Redis if it is down: taking the batch again
+        would only find its messages committed, at the cost of running it through the plugins."""
+        backoff = _Backoff()
+        while True:
+            try:
+                await self._acknowledge_oldest(messages)
+                return
+            except (RedisError, OSError) as exc:
+                self._note_failure("redis", exc)
+                if self._stop_requested.is_set():
+                    raise
+                await self._sleep(backoff.next_delay())
+
     # ------------------------------------------------------------------ processing
     async def _process(self, batch: Sequence[bytes], *, one_by_one: bool = False) -> None:
         started = time.perf_counter()
@@ -401,8 +422,9 @@ class CeleryConsumer:
         if not isinstance(result, Exception):
             return result
         log.warning("event dead-lettered: it failed alone", error=repr(result), team_id=event.team_id)
+        error = str(result) or repr(result)
         await self._dead_letters.record(
-            event.raw, str(result) or repr(result), STAGE_INGESTION, event.team_id
+            event.raw, error, STAGE_INGESTION, event.team_id, message_id=event.message_id
         )
         return Outcome.DEAD_LETTERED
 
@@ -442,7 +464,7 @@ class CeleryConsumer:
     ) -> None:
         outcomes = await ingestor.commit(prepared)
         self._count(outcomes)
-        await self._acknowledge_oldest(messages)
+        await self._acknowledge_committed(messages)
         self.batches_done += 1
         BATCHES.observe(time.perf_counter() - started)
 
@@ -457,10 +479,8 @@ class CeleryConsumer:
         so the next take starts again from the whole processing list."""
         try:
             await self._finish_commit()
-        except (RedisError, OSError) as exc:
-            self._note_failure("redis", exc)
         except Exception as exc:
-            self._note_failure("ingest", exc)
+            self._note_failure("redis" if isinstance(exc, RedisError) else "ingest", exc)
         await self._drop_take_ahead()
 
     async def _taken_ahead(self) -> list[bytes]:
@@ -524,7 +544,7 @@ class CeleryConsumer:
             team_id=exc.team_id,
             size=len(raw),
         )
-        await self._dead_letters.record(raw, str(exc), PARSE_STAGE, exc.team_id, None)
+        await self._dead_letters.record(raw, str(exc), PARSE_STAGE, exc.team_id, message_id=message_id(raw))
 
     async def _enqueue_job(self, raw: bytes, job: dict[str, Any]) -> None:
         if self._jobs is None:
@@ -539,7 +559,9 @@ class CeleryConsumer:
         log.warning(
             "plugin job dead-lettered", error=error, team_id=job["pluginConfigTeam"], type=job["type"]
         )
-        await self._dead_letters.record(raw, error, PLUGIN_JOB_STAGE, job["pluginConfigTeam"], job)
+        await self._dead_letters.record(
+            raw, error, PLUGIN_JOB_STAGE, job["pluginConfigTeam"], job, message_id=message_id(raw)
+        )
 
     # ------------------------------------------------------------------ heartbeat and recovery
     async def _beat(self) -> None:
@@ -592,10 +614,34 @@ class CeleryConsumer:
                 log.warning("Celery heartbeat failed", error=repr(exc))
 
     # ------------------------------------------------------------------ helpers
+    async def _wait_downstream(self, reason: str) -> None:
+        """Take no batch while the work batches hand on is behind (memory stays bounded and
+        nothing is dropped); look again every 50 ms."""
+        assert self._downstream is not None
+        log.warning("Celery consumer waits: downstream work behind", reason=reason)
+        BEHIND.labels(self.name).set(1)
+        started = time.monotonic()
+        try:
+            while not self._stop_requested.is_set() and self._downstream():
+                await self._sleep(DOWNSTREAM_POLL_SECONDS)
+        finally:
+            BEHIND.labels(self.name).set(0)
+        log.info(
+            "Celery consumer resumes: downstream caught up", waited_s=round(time.monotonic() - started, 2)
+        )
+
     def _note_failure(self, kind: str, exc: BaseException) -> None:
         ERRORS.labels(kind).inc()
-        self._last_error = f"{kind}: {exc!r}"
-        log.error("Celery consumer failed; backing off", kind=kind, error=repr(exc), exc_info=exc)
+        error = f"{kind}: {exc!r}"
+        # While a store is down the same failure repeats every second: its traceback once is enough.
+        repeated = error == self._last_error
+        self._last_error = error
+        log.error(
+            "Celery consumer failed; backing off",
+            kind=kind,
+            error=repr(exc),
+            exc_info=None if repeated else exc,
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when stop is asked."""

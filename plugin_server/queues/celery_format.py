@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import socket
@@ -58,6 +59,20 @@ class CeleryTask:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+
+
+def message_id(raw: bytes | str) -> bytes:
+    """What identifies a queue element across deliveries: 16 bytes of SHA-256 of it. Every element
+    Celery writes carries its own task id and delivery tag, so equal bytes mean the same message."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).digest()[:16]
+
+
+def _short(value: Any) -> str:
+    try:
+        return repr(value)[:100]
+    except ValueError:  # an integer too long to print
+        return f"a {type(value).__name__} too long to print"
 
 
 def _loads(data: bytes | str, what: str) -> Any:
@@ -119,18 +134,19 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     envelope = _read_envelope(raw)
     if envelope.content_type != "application/json":
         raise CeleryMessageError(
-            "unsupported_content_type", f"unsupported content type {envelope.content_type!r}"
+            "unsupported_content_type", f"unsupported content type {_short(envelope.content_type)}"
         )
     properties = envelope.properties
     if properties is None:
         raise CeleryMessageError("bad_envelope", "queue element has no properties object")
     if properties.body_encoding != "base64":
         raise CeleryMessageError(
-            "unsupported_body_encoding", f"unsupported body encoding {properties.body_encoding!r}"
+            "unsupported_body_encoding", f"unsupported body encoding {_short(properties.body_encoding)}"
         )
     if envelope.content_encoding != "utf-8":
         raise CeleryMessageError(
-            "unsupported_content_encoding", f"unsupported content encoding {envelope.content_encoding!r}"
+            "unsupported_content_encoding",
+            f"unsupported content encoding {_short(envelope.content_encoding)}",
         )
     headers = envelope.headers
     if headers is None:
@@ -151,7 +167,7 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     name = headers.task
     if name:  # protocol 2: the name is in the headers, the body is [args, kwargs, embed]
         if not isinstance(name, str):
-            raise CeleryMessageError("bad_envelope", f"task header is not a string: {name!r}")
+            raise CeleryMessageError("bad_envelope", f"task header is not a string: {_short(name)}")
         if not isinstance(body, list) or len(body) < 2:
             raise CeleryMessageError(
                 "bad_body", "protocol 2 body is not an [args, kwargs, embed] array", task=name
@@ -176,9 +192,19 @@ def parse_celery_message(raw: bytes | str) -> CeleryTask:
     return CeleryTask(name, task_id if isinstance(task_id, str) else None, args, kwargs, protocol)
 
 
+# posthog_team.id is a Postgres integer: a team id beyond it names no team.
+_TEAM_IDS = range(-(2**31), 2**31)
+
+
 def _team_id(value: Any, task: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CeleryMessageError("bad_arguments", f"team_id argument is not an integer: {value!r}", task=task)
+        raise CeleryMessageError(
+            "bad_arguments", f"team_id argument is not an integer: {_short(value)}", task=task
+        )
+    if value not in _TEAM_IDS:
+        raise CeleryMessageError(
+            "bad_arguments", f"team_id argument is out of range: {_short(value)}", task=task
+        )
     return value
 
 
@@ -227,7 +253,7 @@ def event_from_task(task: CeleryTask, raw: bytes | str) -> IncomingEvent:
         event.pop("distinct_id", None)
     elif type(distinct_id) is not str:
         event["distinct_id"] = js_string(distinct_id)
-    return IncomingEvent(team_id=team_id, event=event, raw=raw, source="celery")
+    return IncomingEvent(team_id=team_id, event=event, raw=raw, source="celery", message_id=message_id(raw))
 
 
 def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]:
@@ -245,7 +271,7 @@ def job_from_task(task: CeleryTask, now_ms: int | None = None) -> dict[str, Any]
     if isinstance(config_id, bool) or not isinstance(config_id, int):
         raise CeleryMessageError(
             "bad_arguments",
-            f"plugin config id is not an integer: {config_id!r}",
+            f"plugin config id is not an integer: {_short(config_id)}",
             task=task.name,
             team_id=team_id,
         )

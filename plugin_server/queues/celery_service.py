@@ -12,6 +12,7 @@ from plugin_server.ingestion.api import NoPlugins
 from plugin_server.ingestion.dead_letter import PostgresDeadLetterQueue
 from plugin_server.ingestion.pipeline import PostgresIngestor, PreparedBatch
 from plugin_server.ingestion.types import IncomingEvent, Outcome
+from plugin_server.queues.backpressure import downstream_load
 from plugin_server.queues.celery import CeleryConsumer
 from plugin_server.services.jobs import EnqueuedJob, JobQueueManager
 from plugin_server.supervisor import Service
@@ -95,6 +96,7 @@ def celery_services(ctx: AppContext) -> list[Service]:
             batch_size=settings.ingestion_batch_size,
             heartbeat_ttl=settings.celery_heartbeat_ttl_seconds,
             on_events=lambda: ctx.activity.touch("ingestEvent"),
+            downstream=downstream_load(ctx.extras),
         )
     )
     return services

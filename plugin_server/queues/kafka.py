@@ -15,6 +15,7 @@ At least once, and never stuck:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,14 +34,16 @@ from plugin_server.ingestion.kafka_messages import ERROR_LOCATION_INGEST
 from plugin_server.ingestion.types import IncomingEvent, PluginEvent
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
-from plugin_server.queues.failures import ingest_alone, is_infrastructure_error
+from plugin_server.queues.backpressure import BEHIND, Behind
+from plugin_server.queues.failures import ingest_alone, is_infrastructure_error, time_limit
 from plugin_server.queues.kafka_client import client_options
 from plugin_server.queues.kafka_producer import BatchingProducer
 
 log = get_logger(__name__)
 
 GROUP_ID = "clickhouse-ingestion"
-MAX_BACKOFF_SECONDS = 30.0
+# Re-reads while a store is down are at most this far apart: work resumes within it once it is back.
+MAX_BACKOFF_SECONDS = 1.0
 _ONE_BY_ONE = object()  # a batch whose preparation failed: its events are ingested one at a time
 
 BATCHES = Counter(
@@ -139,6 +142,7 @@ class KafkaIngestionConsumer:
         session_timeout_ms: int = 10_000,
         on_batch: Callable[[], None] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        downstream: Behind | None = None,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
@@ -151,6 +155,7 @@ class KafkaIngestionConsumer:
         self._batch_size = batch_size or settings.ingestion_batch_size
         self._batch_timeout = settings.kafka_batch_timeout_seconds
         self._sleep = sleep
+        self._downstream = downstream  # why fetching the next batch should wait (back-pressure)
         self._on_batch = on_batch
         # A broker may wait up to this long for members when the group (re)forms.
         self._session_timeout_ms = session_timeout_ms
@@ -209,6 +214,9 @@ class KafkaIngestionConsumer:
             if consumer is None:
                 return
             generation = self._generation
+            if self._downstream is not None and (reason := self._downstream()):
+                await self._wait_downstream(reason)
+                continue
             try:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=self._batch_size)
             except ConsumerStoppedError:
@@ -219,6 +227,19 @@ class KafkaIngestionConsumer:
                 # Idle: settle the last batch now, so one whose output failed is read again.
                 async with self._batch_lock:
                     await self._settle_previous()
+
+    async def _wait_downstream(self, reason: str) -> None:
+        """Fetch no batch while the work batches hand on is behind; look again every 50 ms.
+        (The group's heartbeats go on meanwhile.)"""
+        assert self._downstream is not None
+        log.warning("Kafka consumer waits: downstream work behind", reason=reason)
+        BEHIND.labels(self.name).set(1)
+        try:
+            while not self._stopping.is_set() and self._downstream():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 0.05)
+        finally:
+            BEHIND.labels(self.name).set(0)
 
     # ------------------------------------------------------------------ batches
     async def _handle(self, fetched: Mapping[Any, Sequence[Any]], generation: int) -> None:
@@ -327,7 +348,7 @@ class KafkaIngestionConsumer:
         if self._staged is None or not events:
             return events
         try:
-            async with asyncio.timeout(self._batch_timeout):
+            async with time_limit(self._batch_timeout, "the batch"):
                 return await self._staged.prepare(events)
         except Exception as exc:
             if is_infrastructure_error(exc):
@@ -342,7 +363,7 @@ class KafkaIngestionConsumer:
             return
         if prepared is not _ONE_BY_ONE:
             try:
-                async with asyncio.timeout(self._batch_timeout):
+                async with time_limit(self._batch_timeout, "the batch"):
                     if self._staged is None:
                         await self._ingestor.ingest(events)
                     else:

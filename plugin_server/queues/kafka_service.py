@@ -20,6 +20,7 @@ from plugin_server.ingestion.kafka_writer import KafkaEventWriter
 from plugin_server.ingestion.pipeline import PostgresIngestor
 from plugin_server.logs import get_logger
 from plugin_server.metrics import REGISTRY
+from plugin_server.queues.backpressure import downstream_load
 from plugin_server.queues.celery_service import PLUGIN_RUNNER
 from plugin_server.queues.kafka import KafkaIngestionConsumer
 from plugin_server.queues.kafka_producer import BatchingProducer
@@ -82,6 +83,7 @@ class KafkaIngestion:
             dead_letters,
             instance_id=ctx.instance_id,
             on_batch=lambda: ctx.activity.touch("ingestEvent"),
+            downstream=downstream_load(ctx.extras),
         )
         await self._consumer.start()
 

@@ -106,6 +106,7 @@ class ExportBuffer:
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._exporting = 0  # events of the exports running
 
     def __len__(self) -> int:
         return len(self._items)
@@ -124,12 +125,22 @@ class ExportBuffer:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.settings.timeout_seconds, self._start_flush)
 
+    @property
+    def pending(self) -> int:
+        """Events buffered or being exported."""
+        return len(self._items) + self._exporting
+
     def _start_flush(self) -> None:
         batch = self._detach()
         if batch:
             task = asyncio.create_task(self._export(batch), name=f"export:{self.plugin_config_id}")
             self._flushes.add(task)
+            self._exporting += len(batch)
             task.add_done_callback(self._flushes.discard)
+            task.add_done_callback(lambda _: self._exported(len(batch)))
+
+    def _exported(self, count: int) -> None:
+        self._exporting -= count
 
     def _detach(self) -> list[Any]:
         if self._timer is not None:
@@ -172,6 +183,10 @@ class ExportEventsBuffers:
             )
         else:
             buffer.settings = settings
+
+    def pending_events(self) -> int:
+        """Events buffered or being exported, over every buffer (for back-pressure)."""
+        return sum(buffer.pending for buffer in self._buffers.values())
 
     def has(self, plugin_config_id: int) -> bool:
         return plugin_config_id in self._buffers

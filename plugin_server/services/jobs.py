@@ -452,6 +452,11 @@ class JobQueueManager:
         for backend in self._backends:
             backend.resume()
 
+    @property
+    def paused(self) -> bool:
+        """The job consumer waits for the plugin workers to drain (back-pressure)."""
+        return any(getattr(backend, "paused", False) for backend in self._backends)
+
     async def disconnect(self) -> None:
         await asyncio.gather(*(b.disconnect() for b in self._backends), return_exceptions=True)
 
