@@ -161,7 +161,9 @@ async def test_sandbox_crash_fails_calls_and_is_replaced() -> None:
     await pool.start()
     try:
         pool.register("39:1", spec(), "def process_event(event, meta):\n    return event\n", CONTEXT)
-        sandbox = pool.sandboxes[0]
+        [outcome] = await pool.call("39:1", "process_event", [[{"a": 0}]], 5.0)
+        assert outcome.ok
+        [sandbox] = pool.sandboxes
         sandbox.abandon("gone")
         await asyncio.sleep(0)
         [outcome] = await pool.call("39:1", "process_event", [[{"a": 1}]], 5.0)
@@ -212,9 +214,9 @@ def test_a_failed_sandbox_does_not_close_a_descriptor_it_no_longer_owns() -> Non
             pass
 
     sandbox = Sandbox(1, SandboxPool(1, HostServices()))
-    sandbox._interp = FailingInterpreter()
+    sandbox._make_interpreter = FailingInterpreter
     try:
-        sandbox._run_interpreter("", fd, inode)
+        sandbox._run_interpreter(fd, inode, "{}")
         assert later[0].fileno() == fd  # the test reused the number, as a new sandbox would
         os.fstat(later[0].fileno())  # still open
         later[0].send(b"x")
