@@ -180,7 +180,10 @@ class Settings:
         minimum=1,
     )
     sandbox_idle_seconds: float = _var(
-        300.0, "Seconds an organization's unused plugin sandbox stays alive (added)", minimum=0.01
+        0.0,
+        "Seconds an organization's unused plugin sandbox stays alive; 0 = until the cap needs its "
+        "place (added)",
+        minimum=0,
     )
     plugin_fetch_allow_private: bool = _var(
         False, "Let plugins fetch private, loopback and link-local addresses (added)"

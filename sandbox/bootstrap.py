@@ -1,5 +1,5 @@
 """The first code a sandbox runs: the host passes this file's text to `Interpreter.exec`, after
-lines that set `CHANNEL_FD`, `OPTIONS` and `PROJECT_ROOT`.
+lines that set `CHANNEL_FD`, `OPTIONS` and `PROJECT_ROOT`, then runs `main(CHANNEL_FD, OPTIONS)`.
 
 The host compiles the `sandbox` package once and sends every sandbox the marshalled code objects
 as the channel's first frame: a fresh sub-interpreter then imports its runtime without reading
@@ -62,6 +62,4 @@ _length = int.from_bytes(_read_exactly(CHANNEL_FD, 4), "big")  # type: ignore[na
 sys.path.insert(0, PROJECT_ROOT)  # type: ignore[name-defined]  # noqa: F821
 sys.meta_path.insert(0, _BundleFinder(marshal.loads(_read_exactly(CHANNEL_FD, _length))))  # type: ignore[name-defined]  # noqa: F821
 
-from sandbox.guest import main  # noqa: E402
-
-main(CHANNEL_FD, OPTIONS)  # type: ignore[name-defined]  # noqa: F821
+from sandbox.guest import main  # noqa: E402, F401

@@ -132,6 +132,10 @@ class RegisteredPlugin:
 
 
 _THREAD_PREFIX = "sandbox-"
+# Interpreters are created, set up (their runtime imported) and destroyed one at a time: CPython
+# 3.13.0 aborted (in unmarshalling, interned strings) when sandboxes imported their modules while
+# others were being destroyed. Running sandboxes still run in parallel.
+_LIFECYCLE_LOCK = threading.Lock()
 
 
 def sandbox_threads_alive() -> bool:
@@ -205,11 +209,13 @@ class Sandbox:
 
     def _run_interpreter(self, fd: int, inode: int, options: str) -> None:
         try:
-            self._interp = self._make_interpreter()
-            self._interp.exec(
-                f"CHANNEL_FD = {fd}\nOPTIONS = {options!r}\nPROJECT_ROOT = {PROJECT_ROOT!r}\n"
-                + _bootstrap_script()
-            )
+            with _LIFECYCLE_LOCK:
+                self._interp = self._make_interpreter()
+                self._interp.exec(
+                    f"CHANNEL_FD = {fd}\nOPTIONS = {options!r}\nPROJECT_ROOT = {PROJECT_ROOT!r}\n"
+                    + _bootstrap_script()
+                )
+            self._interp.exec("main(CHANNEL_FD, OPTIONS)")
         except Exception as exc:
             log.error("sandbox exited with an error", sandbox=self.number, error=str(exc)[-2000:])
             # Close the guest's end unless the guest closed it already: by now its number may
@@ -224,7 +230,8 @@ class Sandbox:
 
     def _close_interpreter(self) -> None:
         try:
-            self._interp.close()
+            with _LIFECYCLE_LOCK:
+                self._interp.close()
         except Exception as exc:  # still running elsewhere, or already gone
             log.warning("sandbox interpreter not closed", sandbox=self.number, error=str(exc))
 
@@ -375,7 +382,8 @@ class Sandbox:
 
 
 class SandboxPool:
-    """Sandboxes per tenant, started on demand, closed when idle, at most `max_alive` at once.
+    """Sandboxes per tenant, started on demand, closed when idle (`idle_seconds`, 0 = only to make
+    room at the cap), at most `max_alive` at once.
 
     `size` (WORKER_CONCURRENCY) is the most sandboxes one tenant uses at once: a batch of more
     than MIN_CHUNK events is split over up to that many of the tenant's sandboxes; the first one
@@ -392,7 +400,7 @@ class SandboxPool:
         memory_limit_mb: int = 512,
         stuck_after: float = 35.0,
         max_alive: int = 100,
-        idle_seconds: float = 300.0,
+        idle_seconds: float = 0.0,
     ) -> None:
         self.size = max(1, size)
         self.services = services
@@ -714,7 +722,8 @@ class SandboxPool:
     # ------------------------------------------------------------------ health
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.stuck_after / 4, max(self.idle_seconds / 4, 0.05)))
+            idle_tick = self.idle_seconds / 4 if self.idle_seconds > 0 else 1.0
+            await asyncio.sleep(min(1.0, self.stuck_after / 4, max(idle_tick, 0.05)))
             now = time.monotonic()
             for sandbox in self.sandboxes:
                 if sandbox.alive and sandbox.outstanding and now - sandbox.last_frame > self.stuck_after:
@@ -723,7 +732,7 @@ class SandboxPool:
                         f"Script execution timed out: the plugin sandbox stopped responding for "
                         f"{self.stuck_after:g} seconds and was replaced"
                     )
-                elif not sandbox.leases and now - sandbox.last_used > self.idle_seconds:
+                elif self.idle_seconds and not sandbox.leases and now - sandbox.last_used > self.idle_seconds:
                     self._retire(sandbox, "idle")
 
     def on_sandbox_lost(self, sandbox: Sandbox) -> None:
