@@ -419,7 +419,7 @@ class SandboxPool:
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
         self._retiring: set[asyncio.Task[Any]] = set()
-        self._growing: dict[str, asyncio.Lock] = {}
+        self._growing: dict[str, asyncio.Lock] = {}  # one per tenant seen (kept: a few hundred bytes)
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # requests handed to sandboxes and not answered yet (back-pressure, services §1.6.1)
         self.in_flight = 0
@@ -686,9 +686,6 @@ class SandboxPool:
             group.remove(sandbox)
             if not group:
                 del self.tenants[sandbox.tenant]
-                lock = self._growing.get(sandbox.tenant)
-                if lock is not None and not lock.locked():
-                    del self._growing[sandbox.tenant]
 
     def _retire(self, sandbox: Sandbox, reason: str, *, teardown: bool = True) -> None:
         """Close `sandbox` in the background (teardown_plugin first, for configs that have it);
@@ -710,10 +707,12 @@ class SandboxPool:
                     continue
                 limit = float(plugin.spec.get("timeout", 30))
                 try:
-                    [result] = await sandbox.request(["call", key, "teardown_plugin", [[]], limit])
+                    # a retiring sandbox is not watched for being stuck: bound the wait here
+                    async with asyncio.timeout(limit + 5):
+                        [result] = await sandbox.request(["call", key, "teardown_plugin", [[]], limit])
                     if not result[0]:
                         log.warning("teardown_plugin failed", key=key, error=(result[2] or {}).get("message"))
-                except SandboxError:
+                except (SandboxError, TimeoutError):
                     break
             await sandbox.close()
         finally:
