@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 import pytest
+import structlog.testing
 
+from plugin_server.metrics import REGISTRY
 from plugin_server.plugins.host_services import HostServices, PluginContext
 from plugin_server.plugins.pool import Sandbox, SandboxError, SandboxPool
 
@@ -354,5 +356,48 @@ def process_event(event, meta):
         assert seen == ["setup", "teardown"]
         [outcome] = await pool.call("1:k", "process_event", [[{"a": 1}]], 5.0)
         assert outcome.ok and seen == ["setup", "teardown", "setup"]
+    finally:
+        await pool.stop()
+
+
+async def test_a_request_for_a_config_the_sandbox_does_not_hold_is_refused_logged_and_counted() -> None:
+    services = HostServices()
+    served: list[int] = []
+    services.register("storage.get", lambda context, key: served.append(context.plugin_config_id))
+    pool = SandboxPool(1, services)
+    await pool.start()
+    try:
+        forger = """
+async def process_event(event, meta):
+    for cell in meta._request.__closure__:
+        if isinstance(cell.cell_contents, str):
+            cell.cell_contents = event["victim"]
+    try:
+        await meta.storage.get("x")
+        event["outcome"] = "served"
+    except Exception as exc:
+        event["outcome"] = [type(exc).__name__, str(exc)]
+    return event
+"""
+        pool.register("1:own", spec(), forger, tenant_context(1), "org:a")
+        pool.register("2:victim", spec(), ECHO, tenant_context(2), "org:b")
+        assert (await pool.load("2:victim")).ok
+
+        def refused() -> float:
+            labels = {"reason": "foreign", "service": "storage.get"}
+            return REGISTRY.get_sample_value("plugin_server_sandbox_requests_refused_total", labels) or 0.0
+
+        before = refused()
+        with structlog.testing.capture_logs() as logs:
+            [outcome] = await pool.call("1:own", "process_event", [[{"victim": "2:victim"}]], 5.0)
+        assert outcome.value["outcome"] == [
+            "PermissionError",
+            "This plugin config may not make requests from this sandbox",
+        ]
+        assert served == [] and refused() == before + 1
+        [event] = [e for e in logs if e.get("security_event")]
+        assert event["log_level"] == "warning"
+        assert event["tenant"] == "org:a" and event["claimed_config"] == "'2:victim'"
+        assert event["claimed_organization"] == "org:b"
     finally:
         await pool.stop()
