@@ -17,7 +17,14 @@ import redis.asyncio as aioredis
 
 from plugin_server.config import Settings
 from plugin_server.metrics import REGISTRY
-from tests.factories import create_organization, create_plugin, create_plugin_config, create_team
+from plugin_server.plugins.registry import fetch_plugin_configs
+from tests.factories import (
+    ORGANIZATION_ID,
+    create_organization,
+    create_plugin,
+    create_plugin_config,
+    create_team,
+)
 from tests.integration.conftest import QUEUE, celery_event, runner_of, wait_until
 from tests.plugins.conftest import add_python_plugin, py_source
 
@@ -314,3 +321,17 @@ async def test_a_plugin_finds_and_forges_nothing_of_another_organization(
 
 async def _at_least(value: Any, expected: float) -> bool:
     return bool(value() >= expected)
+
+
+async def test_a_global_plugin_runs_as_the_organization_of_each_team_that_enabled_it(
+    pg: asyncpg.Pool, team: int
+) -> None:
+    await create_organization(pg, ORG_B)
+    await create_team(pg, TEAM_B, organization_id=ORG_B)
+    # organization A's global plugin, enabled by A's team and by B's team
+    await create_plugin(pg, plugin_id=PLUGIN_B, name="global", source=py_source(VICTIM), is_global=True)
+    await create_plugin_config(pg, config_id=39, plugin_id=PLUGIN_B, team_id=team)
+    await create_plugin_config(pg, config_id=CONFIG_B, plugin_id=PLUGIN_B, team_id=TEAM_B)
+    configs = (await fetch_plugin_configs(pg)).configs
+    assert configs[CONFIG_B].tenant == f"org:{ORG_B}"
+    assert configs[39].tenant == f"org:{ORGANIZATION_ID}"
