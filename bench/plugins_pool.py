@@ -1,5 +1,7 @@
-"""Per-event cost of a trivial process_event through the sandbox pool vs in-process, and memory
-per sandbox and per loaded plugin config. Prints figures; asserts nothing.
+"""Per-event cost of a trivial process_event through the sandbox pool vs in-process, with 1, 10
+and 100 organizations (each with its own sandbox) in rotation; a sandbox's start time, memory
+while alive and memory the process keeps once it is closed; memory per loaded plugin config.
+Prints figures; asserts nothing.
 
     .venv/bin/python -m bench plugins_pool
 """
@@ -75,10 +77,69 @@ async def through_pool(sandboxes: int, batch: int) -> float:
     return elapsed / count * 1e6
 
 
-async def memory(configs: int) -> tuple[float, float]:
+def register_tenants(pool: SandboxPool, tenants: int, source: str = TRIVIAL) -> list[str]:
+    keys = []
+    for n in range(tenants):
+        key = f"{n}:bench"
+        spec = {"plugin_config_id": n, "team_id": n, "config": {}, "timeout": 30}
+        pool.register(key, spec, source, PluginContext(n, n, n, "bench"), f"org:{n}")
+        keys.append(key)
+    return keys
+
+
+async def tenants_in_rotation(tenants: int, batch: int) -> float:
+    """µs/event when the events of `tenants` organizations arrive in turn (all sandboxes alive)."""
+    pool = SandboxPool(1, HostServices(), max_alive=tenants)
+    await pool.start()
+    keys = register_tenants(pool, tenants)
+    for key in keys:  # start every tenant's sandbox first: this measures the steady state
+        await pool.load(key)
+    events = [[make_event(i)] for i in range(batch)]
+    rounds = max(1, 2000 // (tenants * batch))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for key in keys:
+            await pool.call(key, "process_event", events, 30)
+    elapsed = time.perf_counter() - started
+    await pool.stop()
+    return elapsed / (rounds * tenants * batch) * 1e6
+
+
+async def sandbox_costs(count: int = 20) -> tuple[float, float, float]:
+    """(ms to start a sandbox and load a small config into it, MB per live sandbox, MB the process
+    keeps per sandbox closed)."""
+    pool = SandboxPool(1, HostServices(), max_alive=count)
+    await pool.start()
+    warm = register_tenants(pool, 1)
+    await pool.load(warm[0])  # the runtime bundle is compiled once, on the first start
+    await pool.stop()
+    pool = SandboxPool(1, HostServices(), max_alive=count)
+    await pool.start()
+    keys = register_tenants(pool, count)
     before = rss_mb()
+    started = time.perf_counter()
+    for key in keys:
+        outcome = await pool.load(key)
+        assert outcome.ok, outcome.error
+    start_ms = (time.perf_counter() - started) / count * 1000
+    await asyncio.sleep(0.5)
+    alive = rss_mb()
+    await pool.stop()
+    await asyncio.sleep(0.5)
+    kept = rss_mb()
+    return start_ms, (alive - before) / count, (kept - before) / count
+
+
+async def memory(configs: int) -> float:
     pool = SandboxPool(1, HostServices())
     await pool.start()
+    pool.register(
+        "base:1",
+        {"plugin_config_id": 0, "team_id": 2, "config": {}, "timeout": 30},
+        TRIVIAL,
+        PluginContext(0, 0, 2, "bench"),
+    )
+    await pool.load("base:1")
     await asyncio.sleep(0.2)
     with_sandbox = rss_mb()
     for n in range(configs):
@@ -92,7 +153,7 @@ async def memory(configs: int) -> tuple[float, float]:
         await pool.load(f"{n}:1")
     loaded = rss_mb()
     await pool.stop()
-    return with_sandbox - before, (loaded - with_sandbox) / configs
+    return (loaded - with_sandbox) / configs
 
 
 async def run() -> None:
@@ -101,10 +162,18 @@ async def run() -> None:
         for batch in (1, 100, 500):
             per_event = await through_pool(sandboxes, batch)
             print(f"pool, {sandboxes} sandbox(es), {batch:>3} events/hand-over: {per_event:7.2f} µs/event")
-    per_sandbox, per_config = await memory(50)
+    for tenants in (1, 10, 100):
+        for batch in (1, 100):
+            per_event = await tenants_in_rotation(tenants, batch)
+            label = f"{tenants:>3} organizations in rotation, {batch:>3} events/hand-over:"
+            print(f"{label} {per_event:7.2f} µs/event")
+    start_ms, per_sandbox, kept = await sandbox_costs()
     print(
-        f"memory: one sandbox ≈ {per_sandbox:.1f} MB; each loaded plugin config ≈ {per_config * 1024:.0f} kB"
+        f"sandbox start + first load: {start_ms:.1f} ms; memory per live sandbox ≈ {per_sandbox:.1f} MB; "
+        f"kept by the process per closed sandbox ≈ {kept:.1f} MB"
     )
+    per_config = await memory(50)
+    print(f"memory per loaded plugin config ≈ {per_config * 1024:.0f} kB")
 
 
 def main(argv: list[str]) -> None:

@@ -50,7 +50,9 @@ class Settings:
 
     # -- worker pool and plugins
     worker_concurrency: int = _var(
-        _cpu_count(), "Number of plugin sandboxes (sub-interpreters); 0 means one per core", minimum=0
+        _cpu_count(),
+        "Most plugin sandboxes (sub-interpreters) one organization uses at once; 0 means one per core",
+        minimum=0,
     )
     tasks_per_worker: int = _var(10, "Plugin invocations one sandbox runs at once", minimum=1)
     task_timeout: float = _var(
@@ -170,6 +172,18 @@ class Settings:
     mmdb_file_path: str = _var("", "Path of a GeoLite2-City .mmdb file to use for GeoIP (added)")
     sandbox_memory_limit_mb: int = _var(
         512, "Memory one plugin sandbox may allocate before its call fails, in MB (added)", minimum=16
+    )
+    sandbox_max_alive: int = _var(
+        100,
+        "Most Python plugin sandboxes alive at once, over all organizations; at the cap the least "
+        "recently used idle one is closed (added)",
+        minimum=1,
+    )
+    sandbox_idle_seconds: float = _var(
+        0.0,
+        "Seconds an organization's unused plugin sandbox stays alive; 0 = until the cap needs its "
+        "place (added)",
+        minimum=0,
     )
     plugin_fetch_allow_private: bool = _var(
         False, "Let plugins fetch private, loopback and link-local addresses (added)"

@@ -223,6 +223,7 @@ def same_generation(old: PluginConfig, new: PluginConfig) -> bool:
     and its attachments are the same (8.23)."""
     return (
         old.updated_at == new.updated_at
+        and old.tenant == new.tenant
         and old.plugin.updated_at == new.plugin.updated_at
         and old.attachment_fingerprint() == new.attachment_fingerprint()
     )

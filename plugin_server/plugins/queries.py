@@ -25,7 +25,8 @@ WHERE plugin_config_id IN (SELECT pc.id {_IN_FORCE})
 """
 
 SELECT_CONFIGS = f"""
-SELECT pc.id, pc.team_id, pc.plugin_id, pc.enabled, pc."order", pc.config, pc.error, pc.updated_at
+SELECT pc.id, pc.team_id, pc.plugin_id, pc.enabled, pc."order", pc.config, pc.error, pc.updated_at,
+       t.organization_id AS team_organization_id
 {_IN_FORCE}
 """
 

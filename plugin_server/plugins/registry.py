@@ -52,6 +52,15 @@ class PluginConfig:
     updated_at: datetime | None
     plugin: Plugin
     attachments: dict[str, Attachment] = field(default_factory=dict)
+    # the organization of the config's team (for a global plugin, not the plugin's organization)
+    team_organization_id: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        """Whose sandboxes run this config: its team's organization."""
+        if self.team_organization_id is not None:
+            return f"org:{self.team_organization_id}"
+        return f"config:{self.id}"  # no team (never in force): a tenant of its own
 
     def attachment_fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -110,6 +119,9 @@ async def fetch_plugin_configs(pg: asyncpg.Pool) -> PluginSnapshot:
             updated_at=row["updated_at"],
             plugin=plugin,
             attachments=attachments.get(row["id"], {}),
+            team_organization_id=(
+                str(row["team_organization_id"]) if row["team_organization_id"] is not None else None
+            ),
         )
     return PluginSnapshot(plugins, configs)
 

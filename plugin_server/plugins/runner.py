@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -99,6 +99,8 @@ class PluginRunner:
             tasks_per_worker=settings.tasks_per_worker,
             memory_limit_mb=settings.sandbox_memory_limit_mb,
             stuck_after=settings.task_timeout + 5.0,
+            max_alive=settings.sandbox_max_alive,
+            idle_seconds=settings.sandbox_idle_seconds,
         )
         self.retry_delay_scale = retry_delay_scale
         self.js_transpiler = Transpiler()
@@ -117,7 +119,6 @@ class PluginRunner:
         self.before_teardown: Callable[[int], Awaitable[None]] | None = None
         # Called before each load attempt of a config (the historical export's setup step).
         self.before_load: Callable[[LoadedConfig], Awaitable[None]] | None = None
-        self._keys = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred_events = 0
         self._reload_lock = asyncio.Lock()
@@ -168,7 +169,9 @@ class PluginRunner:
                 if old is not None and same_generation(old.config, config):
                     loaded[config.id] = old
                     continue
-                fresh = LoadedConfig(config, f"{config.id}:{next(self._keys)}", self)
+                # unguessable: a sandbox cannot name a config it was not given (the host's
+                # per-sandbox check is what refuses it; this only makes guessing pointless)
+                fresh = LoadedConfig(config, f"{config.id}:{secrets.token_hex(16)}", self)
                 fresh.start()
                 loaded[config.id] = fresh
                 if old is not None:

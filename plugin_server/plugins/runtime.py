@@ -73,7 +73,13 @@ class PythonSandboxRuntime:
         self.exports: dict[str, Any] = {}
 
     async def load(self) -> CallOutcome:
-        self.pool.register(self.spec.key, meta_spec(self.spec), self.spec.source.text, self.spec.context)
+        self.pool.register(
+            self.spec.key,
+            meta_spec(self.spec),
+            self.spec.source.text,
+            self.spec.context,
+            self.spec.config.tenant,
+        )
         outcome = await self.pool.load(self.spec.key)
         if outcome.ok:
             self.exports = outcome.value

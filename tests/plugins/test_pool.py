@@ -7,11 +7,14 @@ import asyncio
 import os
 import socket
 import time
+from typing import Any
 
 import pytest
+import structlog.testing
 
+from plugin_server.metrics import REGISTRY
 from plugin_server.plugins.host_services import HostServices, PluginContext
-from plugin_server.plugins.pool import Sandbox, SandboxPool
+from plugin_server.plugins.pool import Sandbox, SandboxError, SandboxPool
 
 CONTEXT = PluginContext(plugin_config_id=39, plugin_id=60, team_id=2, plugin_name="p")
 
@@ -161,7 +164,9 @@ async def test_sandbox_crash_fails_calls_and_is_replaced() -> None:
     await pool.start()
     try:
         pool.register("39:1", spec(), "def process_event(event, meta):\n    return event\n", CONTEXT)
-        sandbox = pool.sandboxes[0]
+        [outcome] = await pool.call("39:1", "process_event", [[{"a": 0}]], 5.0)
+        assert outcome.ok
+        [sandbox] = pool.sandboxes
         sandbox.abandon("gone")
         await asyncio.sleep(0)
         [outcome] = await pool.call("39:1", "process_event", [[{"a": 1}]], 5.0)
@@ -212,9 +217,9 @@ def test_a_failed_sandbox_does_not_close_a_descriptor_it_no_longer_owns() -> Non
             pass
 
     sandbox = Sandbox(1, SandboxPool(1, HostServices()))
-    sandbox._interp = FailingInterpreter()
+    sandbox._make_interpreter = FailingInterpreter
     try:
-        sandbox._run_interpreter("", fd, inode)
+        sandbox._run_interpreter(fd, inode, "{}")
         assert later[0].fileno() == fd  # the test reused the number, as a new sandbox would
         os.fstat(later[0].fileno())  # still open
         later[0].send(b"x")
@@ -260,5 +265,139 @@ async def test_integral_floats_a_plugin_returns_are_javascript_numbers() -> None
         [outcome] = await pool.call("39:1", "process_event", [[{"a": 1}]], 5.0)
         assert outcome.ok and outcome.value == {"a": 1, "n": 2, "x": 2.5}
         assert type(outcome.value["n"]) is int
+    finally:
+        await pool.stop()
+
+
+def tenant_context(config_id: int) -> PluginContext:
+    return PluginContext(plugin_config_id=config_id, plugin_id=60, team_id=config_id, plugin_name="p")
+
+
+ECHO = "def process_event(event, meta):\n    return event\n"
+
+
+async def wait_for(condition: Any, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_configs_of_different_tenants_never_share_a_sandbox() -> None:
+    pool = SandboxPool(2, HostServices())
+    await pool.start()
+    try:
+        for n, tenant in ((1, "org:a"), (2, "org:a"), (3, "org:b")):
+            pool.register(f"{n}:k", spec(), ECHO, tenant_context(n), tenant)
+        for key in ("1:k", "2:k", "3:k"):
+            outcomes = await pool.call(key, "process_event", [[{"n": i}] for i in range(100)], 5.0)
+            assert all(o.ok for o in outcomes)
+        by_tenant = {s.number: (s.tenant, set(s.loaded)) for s in pool.sandboxes}
+        assert len(pool.tenants["org:a"]) == 2 and len(pool.tenants["org:b"]) == 2  # split per tenant
+        for tenant, loaded in by_tenant.values():
+            assert loaded <= ({"1:k", "2:k"} if tenant == "org:a" else {"3:k"}), by_tenant
+        # the host refuses to send one tenant's config to another's sandbox
+        with pytest.raises(SandboxError):
+            pool.tenants["org:b"][0].load_into("1:k", pool.plugins["1:k"])
+    finally:
+        await pool.stop()
+
+
+async def test_at_the_cap_the_least_recently_used_idle_sandbox_is_closed_and_others_wait() -> None:
+    pool = SandboxPool(1, HostServices(), max_alive=2)
+    await pool.start()
+    try:
+        slow = (
+            "import asyncio\n"
+            "async def process_event(event, meta):\n    await asyncio.sleep(0.5)\n    return event\n"
+        )
+        for n in (1, 2, 3):
+            pool.register(f"{n}:k", spec(), slow, tenant_context(n), f"org:{n}")
+        await pool.call("1:k", "process_event", [[{}]], 5.0)
+        await pool.call("2:k", "process_event", [[{}]], 5.0)
+        [first] = pool.tenants["org:1"]
+        # org 1's sandbox is the least recently used: org 3 takes its place
+        [outcome] = await pool.call("3:k", "process_event", [[{"n": 3}]], 5.0)
+        assert outcome.ok and outcome.value == {"n": 3}
+        assert "org:1" not in pool.tenants and first.retiring
+        # both sandboxes busy: org 1 waits for one to finish, then gets its own
+        results = await asyncio.gather(
+            pool.call("2:k", "process_event", [[{"n": 2}]], 5.0),
+            pool.call("3:k", "process_event", [[{"n": 3}]], 5.0),
+            pool.call("1:k", "process_event", [[{"n": 1}]], 5.0),
+        )
+        assert [r[0].value for r in results] == [{"n": 2}, {"n": 3}, {"n": 1}]
+        assert pool.peak_alive == 2 and pool.slots_used <= 2
+        assert all(s.tenant == f"org:{next(iter(s.loaded))[0]}" for s in pool.sandboxes)
+    finally:
+        await pool.stop()
+
+
+async def test_an_idle_sandbox_is_closed_after_teardown_and_set_up_again_when_needed() -> None:
+    services = HostServices()
+    seen: list[str] = []
+    services.register("record", lambda context, text: seen.append(text))
+    pool = SandboxPool(1, services, idle_seconds=0.3)
+    await pool.start()
+    try:
+        source = """
+async def setup_plugin(meta):
+    await meta._request("record", ["setup"])
+
+async def teardown_plugin(meta):
+    await meta._request("record", ["teardown"])
+
+def process_event(event, meta):
+    return event
+"""
+        pool.register("1:k", spec(), source, tenant_context(1), "org:1")
+        assert (await pool.load("1:k")).ok
+        await wait_for(lambda: not pool.sandboxes and pool.slots_used == 0)
+        assert seen == ["setup", "teardown"]
+        [outcome] = await pool.call("1:k", "process_event", [[{"a": 1}]], 5.0)
+        assert outcome.ok and seen == ["setup", "teardown", "setup"]
+    finally:
+        await pool.stop()
+
+
+async def test_a_request_for_a_config_the_sandbox_does_not_hold_is_refused_logged_and_counted() -> None:
+    services = HostServices()
+    served: list[int] = []
+    services.register("storage.get", lambda context, key: served.append(context.plugin_config_id))
+    pool = SandboxPool(1, services)
+    await pool.start()
+    try:
+        forger = """
+async def process_event(event, meta):
+    for cell in meta._request.__closure__:
+        if isinstance(cell.cell_contents, str):
+            cell.cell_contents = event["victim"]
+    try:
+        await meta.storage.get("x")
+        event["outcome"] = "served"
+    except Exception as exc:
+        event["outcome"] = [type(exc).__name__, str(exc)]
+    return event
+"""
+        pool.register("1:own", spec(), forger, tenant_context(1), "org:a")
+        pool.register("2:victim", spec(), ECHO, tenant_context(2), "org:b")
+        assert (await pool.load("2:victim")).ok
+
+        def refused() -> float:
+            labels = {"reason": "foreign", "service": "storage.get"}
+            return REGISTRY.get_sample_value("plugin_server_sandbox_requests_refused_total", labels) or 0.0
+
+        before = refused()
+        with structlog.testing.capture_logs() as logs:
+            [outcome] = await pool.call("1:own", "process_event", [[{"victim": "2:victim"}]], 5.0)
+        assert outcome.value["outcome"] == [
+            "PermissionError",
+            "This plugin config may not make requests from this sandbox",
+        ]
+        assert served == [] and refused() == before + 1
+        [event] = [e for e in logs if e.get("security_event")]
+        assert event["log_level"] == "warning"
+        assert event["tenant"] == "org:a" and event["claimed_config"] == "'2:victim'"
+        assert event["claimed_organization"] == "org:b"
     finally:
         await pool.stop()
