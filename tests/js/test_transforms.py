@@ -68,10 +68,24 @@ async def test_6_7_102_103_forbidden_import_fails(transpiler: Transpiler, source
 
 async def test_6_7_103_require_reads_host_imports(transpiler: Transpiler) -> None:
     code = await transpiler.transform(
-        "const fetch = require('node-fetch')\nconst { BigQuery } = require('@google-cloud/bigquery')", 30
+        "const fetch = require('node-fetch')\nconst { createHash } = require('crypto')", 30
     )
     assert 'const fetch = __pluginHostImports["node-fetch"];' in code
-    assert 'BigQuery\n} = __pluginHostImports["@google-cloud/bigquery"];' in code
+    assert 'createHash\n} = __pluginHostImports["crypto"];' in code
+
+
+@pytest.mark.parametrize(
+    "name", ["snowflake-sdk", "@google-cloud/pubsub", "@google-cloud/storage", "faker", "stream"]
+)
+@pytest.mark.parametrize("form", ["import * as lib from '{}'", "const lib = require('{}')"])
+async def test_allowed_but_unprovided_import_fails_with_one_line(
+    transpiler: Transpiler, name: str, form: str
+) -> None:
+    with pytest.raises(TranspileError) as failed:
+        await transpiler.transform(
+            "import { RetryError } from '@posthog/plugin-scaffold'\n" + form.format(name), 30
+        )
+    assert failed.value.message == f"Plugin imports '{name}', which this server does not provide"
 
 
 @pytest.mark.parametrize("level", ["debug", "log", "info", "warn", "error"])

@@ -135,288 +135,32 @@
     }
   }
 
-  // ---- bytes: UTF-8, base64, hex, and a Node-like Buffer
-  function utf8Encode(text) {
-    const out = [];
-    for (let i = 0; i < text.length; i++) {
-      let c = text.charCodeAt(i);
-      if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
-        const d = text.charCodeAt(i + 1);
-        if (d >= 0xdc00 && d < 0xe000) {
-          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
-          i++;
-        } else c = 0xfffd;
-      } else if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
-      if (c < 0x80) out.push(c);
-      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  // ---- Node's built-ins: library bundles (vendor/node-*.js, built from node/*.js) evaluated
+  // before this prelude register factories in __nodeLibraries; each runs on first use. The host
+  // loads only the bundles a plugin's code refers to (plus Buffer, which meta itself uses).
+  const libraries = G.__nodeLibraries || {};
+  const Buffer = libraries.buffer().Buffer;
+  const modules = {};
+  function nodeModule(name) {
+    if (!(name in modules)) {
+      if (typeof libraries[name] !== "function") throw new Error("Node module '" + name + "' is not loaded in this isolate");
+      modules[name] = libraries[name]({ Buffer, seed: () => Buffer.from(spec.seed, "base64") });
     }
-    return out;
+    return modules[name];
   }
-  function utf8Decode(bytes) {
-    let out = "";
-    for (let i = 0; i < bytes.length; ) {
-      const b = bytes[i];
-      let c = 0xfffd;
-      let n = 1;
-      if (b < 0x80) c = b;
-      else if (b >= 0xc2 && b < 0xe0 && i + 1 < bytes.length) {
-        c = ((b & 31) << 6) | (bytes[i + 1] & 63);
-        n = 2;
-      } else if (b >= 0xe0 && b < 0xf0 && i + 2 < bytes.length) {
-        c = ((b & 15) << 12) | ((bytes[i + 1] & 63) << 6) | (bytes[i + 2] & 63);
-        n = 3;
-      } else if (b >= 0xf0 && b < 0xf5 && i + 3 < bytes.length) {
-        c = ((b & 7) << 18) | ((bytes[i + 1] & 63) << 12) | ((bytes[i + 2] & 63) << 6) | (bytes[i + 3] & 63);
-        n = 4;
-      }
-      out += String.fromCodePoint(c);
-      i += n;
-    }
-    return out;
-  }
-  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  function base64Encode(bytes) {
-    let out = "";
-    for (let i = 0; i < bytes.length; i += 3) {
-      const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
-      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
-      out += i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=";
-      out += i + 2 < bytes.length ? B64[n & 63] : "=";
-    }
-    return out;
-  }
-  function base64Decode(text) {
-    const clean = String(text).replace(/-/g, "+").replace(/_/g, "/").replace(/[^A-Za-z0-9+/]/g, "");
-    const out = [];
-    let bits = 0;
-    let value = 0;
-    for (const ch of clean) {
-      value = (value << 6) | B64.indexOf(ch);
-      bits += 6;
-      if (bits >= 8) {
-        bits -= 8;
-        out.push((value >> bits) & 255);
-      }
-    }
-    return out;
-  }
-
-  class Buffer extends Uint8Array {
-    static from(value, encodingOrOffset, length) {
-      if (typeof value === "string") {
-        const encoding = String(encodingOrOffset || "utf8").toLowerCase();
-        if (encoding === "base64" || encoding === "base64url") return new Buffer(base64Decode(value));
-        if (encoding === "hex") {
-          const bytes = [];
-          for (let i = 0; i + 1 < value.length; i += 2) {
-            const b = parseInt(value.slice(i, i + 2), 16);
-            if (Number.isNaN(b)) break;
-            bytes.push(b);
-          }
-          return new Buffer(bytes);
-        }
-        if (encoding === "latin1" || encoding === "binary" || encoding === "ascii") {
-          return new Buffer(Array.from(value, (ch) => ch.charCodeAt(0) & 255));
-        }
-        return new Buffer(utf8Encode(value));
-      }
-      if (value instanceof ArrayBuffer) return new Buffer(value, encodingOrOffset || 0, length);
-      if (value && value.type === "Buffer" && Array.isArray(value.data)) return new Buffer(value.data);
-      return new Buffer(value);
-    }
-    static alloc(size, fill) {
-      const b = new Buffer(size);
-      if (fill !== undefined) b.fill(typeof fill === "number" ? fill : Buffer.from(String(fill))[0] || 0);
-      return b;
-    }
-    static isBuffer(value) {
-      return value instanceof Buffer;
-    }
-    static byteLength(value, encoding) {
-      return typeof value === "string" ? Buffer.from(value, encoding).length : value.byteLength;
-    }
-    static concat(list, total) {
-      const length = total !== undefined ? total : list.reduce((n, b) => n + b.length, 0);
-      const out = new Buffer(length);
-      let at = 0;
-      for (const b of list) {
-        if (at >= length) break;
-        out.set(b.subarray(0, length - at), at);
-        at += b.length;
-      }
-      return out;
-    }
-    toString(encoding, start, end) {
-      const bytes = start !== undefined || end !== undefined ? this.subarray(start || 0, end) : this;
-      const enc = String(encoding || "utf8").toLowerCase();
-      if (enc === "base64") return base64Encode(bytes);
-      if (enc === "base64url") return base64Encode(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-      if (enc === "hex") return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-      if (enc === "latin1" || enc === "binary" || enc === "ascii") return String.fromCharCode(...bytes);
-      return utf8Decode(bytes);
-    }
-    toJSON() {
-      return { type: "Buffer", data: Array.from(this) };
-    }
-    equals(other) {
-      return this.length === other.length && this.every((b, i) => b === other[i]);
-    }
-  }
-
-  // ---- URL and URLSearchParams (the parts plugins use)
-  function formEncode(text) {
-    return encodeURIComponent(text).replace(/%20/g, "+").replace(/[!'()~]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
-  }
-  function formDecode(text) {
-    try {
-      return decodeURIComponent(text.replace(/\+/g, " "));
-    } catch (e) {
-      return text;
-    }
-  }
-  class URLSearchParams {
-    constructor(init) {
-      this._pairs = [];
-      this._onChange = null;
-      if (init == null) return;
-      if (typeof init === "string") this._parse(init);
-      else if (typeof init[Symbol.iterator] === "function") for (const [k, v] of init) this._pairs.push([String(k), String(v)]);
-      else for (const k of Object.keys(init)) this._pairs.push([k, String(init[k])]);
-    }
-    _parse(text) {
-      this._pairs = [];
-      for (const part of text.replace(/^\?/, "").split("&")) {
-        if (!part) continue;
-        const at = part.indexOf("=");
-        this._pairs.push(at < 0 ? [formDecode(part), ""] : [formDecode(part.slice(0, at)), formDecode(part.slice(at + 1))]);
-      }
-    }
-    _changed() {
-      if (this._onChange) this._onChange(this.toString());
-    }
-    append(k, v) {
-      this._pairs.push([String(k), String(v)]);
-      this._changed();
-    }
-    delete(k) {
-      this._pairs = this._pairs.filter(([key]) => key !== String(k));
-      this._changed();
-    }
-    get(k) {
-      const pair = this._pairs.find(([key]) => key === String(k));
-      return pair ? pair[1] : null;
-    }
-    getAll(k) {
-      return this._pairs.filter(([key]) => key === String(k)).map(([, v]) => v);
-    }
-    has(k) {
-      return this._pairs.some(([key]) => key === String(k));
-    }
-    set(k, v) {
-      const key = String(k);
-      const at = this._pairs.findIndex(([x]) => x === key);
-      if (at < 0) this._pairs.push([key, String(v)]);
-      else {
-        this._pairs[at] = [key, String(v)];
-        this._pairs = this._pairs.filter(([x], i) => x !== key || i === at);
-      }
-      this._changed();
-    }
-    sort() {
-      this._pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-      this._changed();
-    }
-    forEach(fn, self) {
-      for (const [k, v] of this._pairs) fn.call(self, v, k, this);
-    }
-    keys() {
-      return this._pairs.map(([k]) => k)[Symbol.iterator]();
-    }
-    values() {
-      return this._pairs.map(([, v]) => v)[Symbol.iterator]();
-    }
-    entries() {
-      return this._pairs.map((p) => p.slice())[Symbol.iterator]();
-    }
-    [Symbol.iterator]() {
-      return this.entries();
-    }
-    get size() {
-      return this._pairs.length;
-    }
-    toString() {
-      return this._pairs.map(([k, v]) => formEncode(k) + "=" + formEncode(v)).join("&");
-    }
-  }
-
-  const DEFAULT_PORTS = { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443", "ftp:": "21" };
-  const URL_RE = /^([a-zA-Z][a-zA-Z0-9+.-]*:)(?:\/\/(?:([^:@/?#]*)(?::([^@/?#]*))?@)?(\[[^\]]*\]|[^:/?#]*)(?::(\d*))?)?([^?#]*)(\?[^#]*)?(#.*)?$/;
-  function normalisePath(path) {
-    const out = [];
-    for (const seg of path.split("/").slice(1)) {
-      if (seg === "..") out.pop();
-      else if (seg !== ".") out.push(seg);
-    }
-    const last = path.split("/").pop();
-    return "/" + out.join("/") + (last === "." || last === ".." ? "/" : "");
-  }
-  class URL {
-    constructor(input, base) {
-      let text = String(input).trim();
-      if (!URL_RE.test(text) || (base !== undefined && !/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(text))) {
-        if (base === undefined) throw new TypeError("Invalid URL: " + text);
-        const b = base instanceof URL ? base : new URL(base);
-        if (text.startsWith("//")) text = b.protocol + text;
-        else if (text.startsWith("/")) text = b.origin + text;
-        else if (text.startsWith("?")) text = b.origin + b.pathname + text;
-        else if (text.startsWith("#")) text = b.origin + b.pathname + b.search + text;
-        else text = b.origin + b.pathname.replace(/[^/]*$/, "") + text;
-      }
-      const m = URL_RE.exec(text);
-      if (!m) throw new TypeError("Invalid URL: " + text);
-      this.protocol = m[1].toLowerCase();
-      this.username = m[2] || "";
-      this.password = m[3] || "";
-      this.hostname = (m[4] || "").toLowerCase();
-      const port = m[5] || "";
-      this.port = DEFAULT_PORTS[this.protocol] === port ? "" : port;
-      const special = this.protocol in DEFAULT_PORTS || this.protocol === "file:";
-      if (special && m[4] === undefined) throw new TypeError("Invalid URL: " + text);
-      this.pathname = special ? normalisePath(m[6] || "/") : m[6] || "";
-      this._search = m[7] && m[7] !== "?" ? m[7] : "";
-      this.hash = m[8] && m[8] !== "#" ? m[8] : "";
-      this.searchParams = new URLSearchParams(this._search);
-      this.searchParams._onChange = (query) => {
-        this._search = query ? "?" + query : "";
-      };
-    }
-    get search() {
-      return this._search;
-    }
-    set search(value) {
-      const text = String(value).replace(/^\?/, "");
-      this._search = text ? "?" + text : "";
-      this.searchParams._parse(text);
-    }
-    get host() {
-      return this.hostname + (this.port ? ":" + this.port : "");
-    }
-    get origin() {
-      return this.protocol + "//" + this.host;
-    }
-    get href() {
-      const auth = this.username ? this.username + (this.password ? ":" + this.password : "") + "@" : "";
-      const slashes = this.hostname || this.protocol === "file:" ? "//" : "";
-      return this.protocol + slashes + auth + this.host + this.pathname + this.search + this.hash;
-    }
-    toString() {
-      return this.href;
-    }
-    toJSON() {
-      return this.href;
-    }
+  function lazyGlobal(name, load) {
+    Object.defineProperty(G, name, {
+      configurable: true,
+      enumerable: false,
+      get() {
+        const value = load();
+        Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+        return value;
+      },
+      set(value) {
+        Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+      },
+    });
   }
 
   // ---- console (§4.9.1)
@@ -505,18 +249,21 @@
       return this._body.buffer.slice(this._body.byteOffset, this._body.byteOffset + this._body.length);
     }
   }
+  function isSearchParams(body) {
+    return "url" in libraries && body instanceof nodeModule("url").URLSearchParams;
+  }
   function requestBody(body) {
     if (body === undefined || body === null) return null;
-    if (body instanceof Uint8Array) return base64Encode(body);
-    if (body instanceof URLSearchParams) return base64Encode(utf8Encode(body.toString()));
-    return base64Encode(utf8Encode(String(body)));
+    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return Buffer.from(body.buffer || body, body.byteOffset, body.byteLength).toString("base64");
+    return Buffer.from(String(body), "utf8").toString("base64");
   }
   function fetch(input, init) {
     const options = init || {};
-    const url = input instanceof URL ? input.href : typeof input === "object" && input && input.url ? input.url : String(input);
+    let url = String(input);
+    if (input && typeof input === "object") url = typeof input.href === "string" ? input.href : input.url ? String(input.url) : url;
     const headers = [];
     new Headers(options.headers).forEach((v, k) => headers.push([k, v]));
-    if (options.body instanceof URLSearchParams && !headers.some(([k]) => k === "content-type")) {
+    if (isSearchParams(options.body) && !headers.some(([k]) => k === "content-type")) {
       headers.push(["content-type", "application/x-www-form-urlencoded;charset=UTF-8"]);
     }
     const request = {
@@ -576,20 +323,6 @@
     return buffer;
   }
 
-  // ---- crypto subset (randomness only; hashing needs a host call, see notes)
-  function randomBytes(size) {
-    const b = new Buffer(size);
-    for (let i = 0; i < size; i++) b[i] = Math.floor(Math.random() * 256);
-    return b;
-  }
-  function randomUUID() {
-    const b = randomBytes(16);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const h = b.toString("hex");
-    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
-  }
-
   function jwtDecode(token, options) {
     const parts = String(token).split(".");
     if (parts.length !== 3) return null;
@@ -612,10 +345,11 @@
     "@posthog/plugin-scaffold": { RetryError, MetricsOperation },
     "@posthog/plugin-contrib": { createBuffer },
     "node-fetch": fetch,
-    url: { URL, URLSearchParams },
-    crypto: { randomBytes, randomUUID },
     jsonwebtoken: { decode: jwtDecode, sign: jwtUnsupported("sign"), verify: jwtUnsupported("verify") },
   };
+  for (const name of ["url", "crypto", "zlib"]) {
+    if (name in libraries) Object.defineProperty(hostImports, name, { enumerable: true, get: () => nodeModule(name) });
+  }
 
   // ---- meta (§4)
   function mustBeNumber(value, message) {
@@ -929,8 +663,10 @@
   G.fetch = fetch;
   G.posthog = posthog;
   G.RetryError = RetryError;
-  G.URL = URL;
   G.Buffer = Buffer;
+  if ("url" in libraries) {
+    for (const name of ["URL", "URLSearchParams", "TextEncoder", "TextDecoder"]) lazyGlobal(name, () => nodeModule("url")[name]);
+  }
   G.google = { cloud: {} };
   G.global = G;
   G.GLOBAL = G;

@@ -13,7 +13,9 @@
     return t.memberExpression(t.identifier("__pluginHostImports"), t.stringLiteral(name), true);
   }
 
-  function replaceImports(allowed) {
+  // `missing` collects the allowed imports this server does not provide: the load fails with one
+  // line naming the first (thrown here, Babel would prefix the file name).
+  function replaceImports(allowed, unprovided, missing) {
     return function ({ types: t }) {
       return {
         visitor: {
@@ -24,6 +26,7 @@
             }
             const name = path.node.source.value;
             if (!allowed.has(name)) throw cannotImport(name);
+            if (unprovided.has(name)) missing.push(name);
             const declarators = [];
             for (const spec of path.node.specifiers) {
               if (spec.importKind === "type") continue;
@@ -44,6 +47,7 @@
             const arg = node.arguments[0];
             if (!t.isStringLiteral(arg)) return;
             if (!allowed.has(arg.value)) throw cannotImport(arg.value);
+            if (unprovided.has(arg.value)) missing.push(arg.value);
             path.replaceWith(hostImport(t, arg.value));
           },
         },
@@ -106,8 +110,10 @@
   }
 
   // Returns {code} or {error: {name, message}}.
-  globalThis.transformPluginSource = function (source, allowedImports, timeoutSeconds) {
+  globalThis.transformPluginSource = function (source, allowedImports, unprovidedImports, timeoutSeconds) {
     const allowed = new Set(allowedImports);
+    const unprovided = new Set(unprovidedImports);
+    const missing = [];
     try {
       const result = Babel.transform(source, {
         filename: "index.ts",
@@ -116,12 +122,15 @@
         sourceType: "module",
         presets: [["typescript", { onlyRemoveTypeImports: true }]],
         plugins: [
-          replaceImports(allowed),
+          replaceImports(allowed, unprovided, missing),
           loopTimeout(timeoutSeconds),
           promiseTimeout(source),
           ["transform-modules-commonjs", { strictMode: true }],
         ],
       });
+      if (missing.length > 0) {
+        return JSON.stringify({ error: { name: "Error", message: "Plugin imports '" + missing[0] + "', which this server does not provide" } });
+      }
       return JSON.stringify({ code: result.code });
     } catch (e) {
       return JSON.stringify({ error: { name: (e && e.name) || "Error", message: String((e && e.message) || e) } });
