@@ -16,10 +16,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from plugin_server.plugins.js.vm import CallFailed
-from tests.js.conftest import Loader
+from plugin_server.plugins.runner import PluginRunner
+from tests.js.conftest import Loader, config_error
 
 DATA = Path(__file__).parent / "data"
 
@@ -398,3 +400,20 @@ async def test_a_plugin_without_these_names_loads_no_library(make_vm: Loader) ->
     with_url = await make_vm("export function processEvent(e) { e.u = new URL('http://x').href; return e }")
     await with_url.call_method("processEvent", {})
     assert with_url.memory_used() > lean.memory_used()
+
+
+async def test_an_unprovided_import_fails_the_load_with_one_line(
+    load_plugin: Loader, pg: asyncpg.Pool, runner: PluginRunner
+) -> None:
+    plugin = await load_plugin("""
+        import { Snowflake } from 'snowflake-sdk'
+        export async function exportEvents (events) { await new Snowflake().insert(events) }
+    """)
+    assert plugin.loaded.exports is None
+    message = "Plugin imports 'snowflake-sdk', which this server does not provide"
+    assert (await config_error(pg))["message"] == message
+    await runner.logs.flush()
+    plugin_errors = await pg.fetch(
+        "SELECT message FROM posthog_pluginlogentry WHERE source = 'PLUGIN' AND type = 'ERROR'"
+    )
+    assert [r["message"] for r in plugin_errors] == [message]
