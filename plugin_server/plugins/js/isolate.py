@@ -35,12 +35,20 @@ class IsolateTimeout(Exception):
 class JSError(Exception):
     """A JS exception, with the JS name, message and stack."""
 
-    def __init__(self, name: str, message: str, stack: str = "", caller: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        message: str,
+        stack: str = "",
+        caller: str | None = None,
+        props: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{name}: {message}")
         self.name = name
         self.message = message
         self.stack = stack
         self.caller = caller
+        self.props = props or {}  # extra fields a host failure gives the JS error (e.g. `code`)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> JSError:

@@ -71,6 +71,7 @@
     const Kind = { RetryError, IllegalOperationError, TimeoutError, TypeError, RangeError }[data.name] || Error;
     const error = new Kind(data.message);
     if (Kind === Error && data.name) error.name = data.name;
+    if (data.props) Object.assign(error, data.props);
     return error;
   }
 
@@ -323,6 +324,133 @@
     return buffer;
   }
 
+  // ---- pg (node-postgres): Client and Pool whose connections and queries the host makes with
+  // asyncpg (plugin_server/services/plugin_postgres.py). Promise and callback forms.
+  function withCallback(promise, callback) {
+    if (typeof callback !== "function") return promise;
+    promise.then(
+      (value) => callback(null, value),
+      (error) => callback(error),
+    );
+    return undefined;
+  }
+  function pgOptions(config) {
+    const options = typeof config === "string" ? { connectionString: config } : Object.assign({}, config || {});
+    const out = {};
+    for (const key of ["connectionString", "host", "port", "user", "password", "database", "connectionTimeoutMillis", "query_timeout", "statement_timeout", "max"]) {
+      if (options[key] !== undefined && options[key] !== null) out[key] = options[key];
+    }
+    if (options.ssl) out.ssl = typeof options.ssl === "object" ? { rejectUnauthorized: options.ssl.rejectUnauthorized !== false } : true;
+    return out;
+  }
+  function pgParameter(value) {
+    if (value === undefined || value === null) return null;
+    if (value instanceof Date) return value.toISOString();
+    if (value instanceof Uint8Array) return { $bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("base64") };
+    if (Array.isArray(value)) return value.map(pgParameter);
+    if (typeof value === "object") return typeof value.toPostgres === "function" ? value.toPostgres() : JSON.stringify(value);
+    return value;
+  }
+  const PG_DATES = new Set([1082, 1114, 1184]);
+  function pgValue(value, typeId) {
+    if (value === null) return null;
+    if (value && typeof value === "object" && typeof value.$bytes === "string") return Buffer.from(value.$bytes, "base64");
+    if (PG_DATES.has(typeId) && typeof value === "string") return new Date(typeId === 1114 && !/[Zz+]/.test(value.slice(10)) ? value + "Z" : value);
+    return value;
+  }
+  function pgQueryArgs(textOrConfig, values, callback) {
+    if (typeof values === "function") {
+      callback = values;
+      values = undefined;
+    }
+    const config = typeof textOrConfig === "object" && textOrConfig !== null ? textOrConfig : { text: textOrConfig };
+    return { text: String(config.text), values: (values || config.values || []).map(pgParameter), rowMode: config.rowMode, callback };
+  }
+  function pgResult(data, rowMode) {
+    const fields = data.fields;
+    const rows = data.rows.map((row) => {
+      const values = row.map((v, i) => pgValue(v, fields[i].dataTypeID));
+      if (rowMode === "array") return values;
+      const out = {};
+      fields.forEach((f, i) => (out[f.name] = values[i]));
+      return out;
+    });
+    return { command: data.command, rowCount: data.rowCount, rows, fields, oid: null };
+  }
+  function pgQuery(handlePromise, args) {
+    const promise = handlePromise.then((handle) =>
+      hostCall("pg.query", [handle, args.text, args.values]).then((data) => pgResult(data, args.rowMode)),
+    );
+    return withCallback(promise, args.callback);
+  }
+  class PgClient {
+    constructor(config) {
+      this._options = pgOptions(config);
+      this._handle = null;
+      this._ended = false;
+    }
+    connect(callback) {
+      if (this._handle !== null) return withCallback(NativePromise.reject(new Error("Client has already been connected. You cannot reuse a client.")), callback);
+      this._handle = hostCall("pg.connect", [this._options, "client"]);
+      return withCallback(this._handle.then(() => undefined), callback);
+    }
+    query(textOrConfig, values, callback) {
+      const args = pgQueryArgs(textOrConfig, values, callback);
+      if (this._ended || this._handle === null) {
+        const error = new Error(this._ended ? "Client was closed and is not queryable" : "Client has not been connected");
+        return withCallback(NativePromise.reject(error), args.callback);
+      }
+      return pgQuery(this._handle, args);
+    }
+    end(callback) {
+      const handle = this._handle;
+      this._ended = true;
+      const promise = handle === null ? NativePromise.resolve() : handle.then((h) => hostCall("pg.end", [h]), () => undefined).then(() => undefined);
+      return withCallback(promise, callback);
+    }
+    on() {
+      return this;
+    }
+  }
+  class PgPool {
+    constructor(config) {
+      this._options = pgOptions(config);
+      this._handle = null;
+      this._ended = false;
+    }
+    _pool() {
+      if (this._handle === null) this._handle = hostCall("pg.connect", [this._options, "pool"]);
+      // A failed connect is not kept: the next query tries again, as node-postgres' pool does.
+      return this._handle.catch((error) => {
+        this._handle = null;
+        throw error;
+      });
+    }
+    query(textOrConfig, values, callback) {
+      const args = pgQueryArgs(textOrConfig, values, callback);
+      if (this._ended) return withCallback(NativePromise.reject(new Error("Cannot use a pool after calling end on the pool")), args.callback);
+      return pgQuery(this._pool(), args);
+    }
+    connect(callback) {
+      // A client checked out of the pool; its queries go through the pool's connections.
+      const pool = this;
+      const client = { query: (t, v, cb) => pool.query(t, v, cb), release: () => undefined, on: () => client };
+      return withCallback(this._pool().then(() => client), callback);
+    }
+    end(callback) {
+      const handle = this._handle;
+      this._ended = true;
+      this._handle = null;
+      const promise = handle === null ? NativePromise.resolve() : handle.then((h) => hostCall("pg.end", [h]), () => undefined).then(() => undefined);
+      return withCallback(promise, callback);
+    }
+    on() {
+      return this;
+    }
+  }
+  const pg = { Client: PgClient, Pool: PgPool, types: { setTypeParser: () => undefined, getTypeParser: () => (v) => v } };
+  pg.default = pg;
+
   function jwtDecode(token, options) {
     const parts = String(token).split(".");
     if (parts.length !== 3) return null;
@@ -345,6 +473,7 @@
     "@posthog/plugin-scaffold": { RetryError, MetricsOperation },
     "@posthog/plugin-contrib": { createBuffer },
     "node-fetch": fetch,
+    pg,
     jsonwebtoken: { decode: jwtDecode, sign: jwtUnsupported("sign"), verify: jwtUnsupported("verify") },
   };
   for (const name of ["url", "crypto", "zlib"]) {

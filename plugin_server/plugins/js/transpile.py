@@ -50,7 +50,6 @@ UNPROVIDED_IMPORTS: frozenset[str] = frozenset(
         "aws-sdk",
         "faker",
         "generic-pool",
-        "pg",
         "snowflake-sdk",
         "stream",
     }

@@ -276,7 +276,7 @@ class JSPluginVM:
                 "t": "reply",
                 "id": rpc_id,
                 "ok": False,
-                "error": {"name": exc.name, "message": exc.message},
+                "error": {"name": exc.name, "message": exc.message, "props": exc.props},
             }
         except Exception as exc:
             reply = {"t": "reply", "id": rpc_id, "ok": False, "error": {"name": "Error", "message": str(exc)}}
