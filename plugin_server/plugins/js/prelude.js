@@ -451,6 +451,90 @@
   const pg = { Client: PgClient, Pool: PgPool, types: { setTypeParser: () => undefined, getTypeParser: () => (v) => v } };
   pg.default = pg;
 
+  // ---- aws-sdk (v2): S3.putObject and S3.upload, done by the host with aiobotocore
+  // (plugin_server/services/plugin_s3.py). An AWS.Request runs once, on .promise(), .send() or
+  // when given a callback.
+  const awsGlobalConfig = {};
+  class AwsRequest {
+    constructor(run) {
+      this._run = run;
+      this._promise = null;
+    }
+    promise() {
+      if (this._promise === null) this._promise = this._run();
+      return this._promise;
+    }
+    send(callback) {
+      withCallback(this.promise(), callback || (() => undefined));
+    }
+    on() {
+      return this;
+    }
+  }
+  function awsBody(body) {
+    if (body === undefined || body === null) return null;
+    if (typeof body === "string") return body;
+    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) {
+      return { $bytes: Buffer.from(body.buffer || body, body.byteOffset || 0, body.byteLength).toString("base64") };
+    }
+    throw new TypeError("S3 Body must be a string, a Buffer or a typed array in this plugin server");
+  }
+  function awsOptions(options) {
+    const merged = Object.assign({}, awsGlobalConfig, options || {});
+    const out = {};
+    for (const key of ["accessKeyId", "secretAccessKey", "sessionToken", "region", "s3ForcePathStyle", "sslEnabled"]) {
+      if (merged[key] !== undefined) out[key] = merged[key];
+    }
+    if (merged.credentials) {
+      const c = merged.credentials;
+      out.credentials = { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken };
+    }
+    if (merged.endpoint) out.endpoint = typeof merged.endpoint === "string" ? merged.endpoint : merged.endpoint.href;
+    return out;
+  }
+  class S3 {
+    constructor(options) {
+      this.config = awsOptions(options);
+    }
+    _request(op, params, callback) {
+      const body = awsBody(params && params.Body);
+      const request = new AwsRequest(() => hostCall("s3." + op, [this.config, Object.assign({}, params, { Body: body })]));
+      if (typeof callback === "function") request.send(callback);
+      return request;
+    }
+    putObject(params, callback) {
+      return this._request("putObject", params, callback);
+    }
+    upload(params, options, callback) {
+      if (typeof options === "function") callback = options;
+      return this._request("upload", params, callback);
+    }
+  }
+  class AwsEndpoint {
+    constructor(endpoint) {
+      this.href = String(endpoint);
+    }
+  }
+  class AwsCredentials {
+    constructor(accessKeyId, secretAccessKey, sessionToken) {
+      const o = typeof accessKeyId === "object" && accessKeyId !== null ? accessKeyId : { accessKeyId, secretAccessKey, sessionToken };
+      this.accessKeyId = o.accessKeyId;
+      this.secretAccessKey = o.secretAccessKey;
+      this.sessionToken = o.sessionToken;
+    }
+  }
+  const AWS = {
+    S3,
+    Endpoint: AwsEndpoint,
+    Credentials: AwsCredentials,
+    config: {
+      update(options) {
+        Object.assign(awsGlobalConfig, options || {});
+      },
+    },
+  };
+  AWS.default = AWS;
+
   function jwtDecode(token, options) {
     const parts = String(token).split(".");
     if (parts.length !== 3) return null;
@@ -474,6 +558,7 @@
     "@posthog/plugin-contrib": { createBuffer },
     "node-fetch": fetch,
     pg,
+    "aws-sdk": AWS,
     jsonwebtoken: { decode: jwtDecode, sign: jwtUnsupported("sign"), verify: jwtUnsupported("verify") },
   };
   for (const name of ["url", "crypto", "zlib"]) {

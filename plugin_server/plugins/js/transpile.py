@@ -47,7 +47,6 @@ UNPROVIDED_IMPORTS: frozenset[str] = frozenset(
         "@google-cloud/bigquery",
         "@google-cloud/pubsub",
         "@google-cloud/storage",
-        "aws-sdk",
         "faker",
         "generic-pool",
         "snowflake-sdk",
