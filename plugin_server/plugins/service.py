@@ -20,6 +20,7 @@ from plugin_server.plugins.meta_services import config_ref
 from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
 from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
+from plugin_server.services.plugin_bigquery import PluginBigQuery
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
 from plugin_server.services.plugin_postgres import PluginPostgres
 from plugin_server.services.plugin_s3 import PluginS3
@@ -150,6 +151,7 @@ class PluginRunnerService:
         self.destinations = (
             PluginPostgres(allow_private=allow_private),
             PluginS3(allow_private=allow_private),
+            PluginBigQuery(allow_private=allow_private),
         )
         for destination in self.destinations:
             for name, handler in destination.handlers().items():

@@ -29,6 +29,7 @@ import asyncpg
 
 from plugin_server.logs import get_logger
 from plugin_server.plugins.host_services import PluginContext
+from plugin_server.services.destinations import DestinationFailure
 from plugin_server.services.fetch import address_allowed
 
 log = get_logger(__name__)
@@ -52,13 +53,8 @@ _ARRAY_ELEMENTS = {
 }  # fmt: skip
 
 
-class PostgresFailure(Exception):
+class PostgresFailure(DestinationFailure):
     """A failure as node-postgres reports it: its message, and the error's `code` and fields."""
-
-    def __init__(self, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fields = {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(slots=True)
@@ -176,10 +172,7 @@ class PluginPostgres:
         if handle is None:
             return
         try:
-            if isinstance(handle.target, asyncpg.Pool):
-                await asyncio.wait_for(handle.target.close(), 5)
-            else:
-                await asyncio.wait_for(handle.target.close(), 5)
+            await asyncio.wait_for(handle.target.close(), 5)
         except (TimeoutError, OSError, asyncpg.PostgresError):
             handle.target.terminate()
 

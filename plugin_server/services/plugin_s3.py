@@ -11,7 +11,6 @@ timeouts. Failures carry the AWS SDK for JavaScript's `code`, `message` and `sta
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from collections import OrderedDict
 from contextlib import AsyncExitStack
@@ -23,7 +22,8 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from plugin_server.plugins.host_services import PluginContext
-from plugin_server.services.fetch import _PublicOnlyResolver, address_allowed
+from plugin_server.services.destinations import DestinationFailure, private_url_host
+from plugin_server.services.fetch import _PublicOnlyResolver
 
 MAX_BODY_BYTES = 100 * 1024 * 1024
 _CLIENTS_PER_SERVICE = 32
@@ -35,15 +35,11 @@ _PUT_PARAMS = (
 )  # fmt: skip
 
 
-class AwsFailure(Exception):
+class AwsFailure(DestinationFailure):
     """A failure as the AWS SDK for JavaScript (v2) reports it."""
 
     def __init__(self, code: str, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.fields: dict[str, Any] = {"code": code, "name": code}
-        if status_code is not None:
-            self.fields["statusCode"] = status_code
+        super().__init__(message, code=code, name=code, statusCode=status_code)
 
 
 class PluginS3:
@@ -179,21 +175,11 @@ class PluginS3:
         return client, endpoint
 
     def _check_endpoint(self, endpoint: str) -> None:
-        """IP literals are checked here; names are checked by the resolver where they connect."""
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise AwsFailure("InvalidEndpoint", f"Invalid endpoint: {endpoint}")
-        if self._allow_private:
-            return
-        refused = AwsFailure("NetworkingError", f"{url.hostname} is a private address plugins may not reach")
-        try:
-            ipaddress.ip_address(url.hostname)
-        except ValueError:
-            if url.hostname == "localhost":
-                raise refused from None
-            return
-        if not address_allowed(url.hostname):
-            raise refused
+        if not self._allow_private and (host := private_url_host(endpoint)) is not None:
+            raise AwsFailure("NetworkingError", f"{host} is a private address plugins may not reach")
 
 
 def _body(body: Any) -> bytes:

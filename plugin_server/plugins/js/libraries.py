@@ -22,7 +22,8 @@ _NEEDED_BY: dict[str, re.Pattern[str]] = {
         r"\b(?:URL|URLSearchParams|TextEncoder|TextDecoder)\b|__pluginHostImports\[[\"']url[\"']\]"
     ),
     "zlib": re.compile(r"__pluginHostImports\[[\"']zlib[\"']\]"),
-    "crypto": re.compile(r"__pluginHostImports\[[\"']crypto[\"']\]"),
+    # the BigQuery facade makes insert ids with crypto.randomBytes
+    "crypto": re.compile(r"__pluginHostImports\[[\"'](?:crypto|@google-cloud/bigquery)[\"']\]"),
 }
 
 

@@ -535,6 +535,141 @@
   };
   AWS.default = AWS;
 
+  // ---- @google-cloud/bigquery: BigQuery -> dataset -> table (getMetadata, setMetadata, create,
+  // insert), done by the host with BigQuery's REST API (plugin_server/services/plugin_bigquery.py).
+  // Answers are arrays, as the Node library's are: [metadata, apiResponse].
+  // Google's callbacks get the answer's parts as arguments: (err, metadata, apiResponse).
+  function withSpreadCallback(promise, callback) {
+    if (typeof callback !== "function") return promise;
+    promise.then(
+      (values) => callback(null, ...values),
+      (error) => callback(error),
+    );
+    return undefined;
+  }
+  class BigQueryTimestamp {
+    constructor(value) {
+      this.value = value instanceof Date ? value.toISOString() : String(value);
+    }
+    toJSON() {
+      return this.value;
+    }
+  }
+  class PartialFailureError extends Error {
+    constructor(errors, response) {
+      super("A failure occurred during this request.");
+      this.name = "PartialFailureError";
+      this.errors = errors;
+      this.response = response;
+    }
+  }
+  function insertRows(rows, options) {
+    const list = Array.isArray(rows) ? rows : [rows];
+    if (options.raw) return list;
+    return list.map((row) => (options.createInsertId === false ? { json: row } : { insertId: randomInsertId(), json: row }));
+  }
+  function randomInsertId() {
+    const bytes = nodeModule("crypto").randomBytes(16).toString("hex");
+    return bytes.slice(0, 8) + "-" + bytes.slice(8, 12) + "-" + bytes.slice(12, 16) + "-" + bytes.slice(16, 20) + "-" + bytes.slice(20);
+  }
+  class BigQueryTable {
+    constructor(dataset, id) {
+      this.dataset = dataset;
+      this.bigQuery = dataset.bigQuery;
+      this.id = id;
+    }
+    _args() {
+      return [this.dataset.id, this.id];
+    }
+    getMetadata(callback) {
+      const promise = hostCall("bigquery.getTable", [this.bigQuery._options].concat(this._args())).then((m) => [m, m]);
+      return withSpreadCallback(promise, callback);
+    }
+    setMetadata(metadata, callback) {
+      const promise = hostCall("bigquery.patchTable", [this.bigQuery._options].concat(this._args(), [metadata])).then((m) => [m, m]);
+      return withSpreadCallback(promise, callback);
+    }
+    get(callback) {
+      return withSpreadCallback(this.getMetadata().then(([m]) => [this, m]), callback);
+    }
+    exists(callback) {
+      const promise = this.getMetadata().then(
+        () => [true],
+        (error) => {
+          if (error.code === 404) return [false];
+          throw error;
+        },
+      );
+      return withSpreadCallback(promise, callback);
+    }
+    create(options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      return this.dataset.createTable(this.id, options || {}, callback);
+    }
+    insert(rows, options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      options = options || {};
+      const body = { rows: insertRows(rows, options) };
+      if (options.skipInvalidRows !== undefined) body.skipInvalidRows = options.skipInvalidRows;
+      if (options.ignoreUnknownValues !== undefined) body.ignoreUnknownValues = options.ignoreUnknownValues;
+      if (options.templateSuffix !== undefined) body.templateSuffix = options.templateSuffix;
+      const promise = hostCall("bigquery.insertAll", [this.bigQuery._options].concat(this._args(), [JSON.parse(JSON.stringify(body))])).then((response) => {
+        const failures = (response && response.insertErrors) || [];
+        if (failures.length > 0) {
+          throw new PartialFailureError(
+            failures.map((f) => ({ row: body.rows[f.index] && body.rows[f.index].json, errors: f.errors })),
+            response,
+          );
+        }
+        return [response];
+      });
+      return withSpreadCallback(promise, callback);
+    }
+  }
+  class BigQueryDataset {
+    constructor(bigQuery, id) {
+      this.bigQuery = bigQuery;
+      this.id = id;
+    }
+    table(id) {
+      return new BigQueryTable(this, id);
+    }
+    createTable(id, options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      const metadata = Object.assign({}, options || {});
+      if (metadata.schema && Array.isArray(metadata.schema)) metadata.schema = { fields: metadata.schema };
+      const table = this.table(id);
+      const promise = hostCall("bigquery.createTable", [this.bigQuery._options, this.id, id, metadata]).then((m) => [table, m]);
+      return withSpreadCallback(promise, callback);
+    }
+  }
+  class BigQuery {
+    constructor(options) {
+      const o = options || {};
+      this._options = { projectId: o.projectId, credentials: o.credentials, apiEndpoint: o.apiEndpoint };
+      this.projectId = o.projectId || (o.credentials && o.credentials.project_id);
+    }
+    dataset(id) {
+      return new BigQueryDataset(this, id);
+    }
+    timestamp(value) {
+      return new BigQueryTimestamp(value);
+    }
+    static timestamp(value) {
+      return new BigQueryTimestamp(value);
+    }
+  }
+  const bigquery = { BigQuery, Dataset: BigQueryDataset, Table: BigQueryTable, BigQueryTimestamp, PartialFailureError };
+
   function jwtDecode(token, options) {
     const parts = String(token).split(".");
     if (parts.length !== 3) return null;
@@ -559,6 +694,7 @@
     "node-fetch": fetch,
     pg,
     "aws-sdk": AWS,
+    "@google-cloud/bigquery": bigquery,
     jsonwebtoken: { decode: jwtDecode, sign: jwtUnsupported("sign"), verify: jwtUnsupported("verify") },
   };
   for (const name of ["url", "crypto", "zlib"]) {

@@ -19,8 +19,7 @@ from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.js.vm import Attachment, CallFailed, JSPluginVM, PluginLoadError, VMBroken, VMSpec
 from plugin_server.plugins.pool import CallOutcome
 from plugin_server.plugins.runtime import RuntimeSpec
-from plugin_server.services.plugin_postgres import PostgresFailure
-from plugin_server.services.plugin_s3 import AwsFailure
+from plugin_server.services.destinations import DestinationFailure
 
 log = get_logger(__name__)
 _OWNERS = itertools.count(1)
@@ -62,7 +61,7 @@ class ServicesHost:
             args = [*args[:2], self.owner]
         try:
             value = await self.services.call(self.context, name, args)
-        except (PostgresFailure, AwsFailure) as exc:
+        except DestinationFailure as exc:
             raise JSError("Error", exc.message, props=exc.fields) from None
         if op in ("fetch", "posthog.api"):  # the services answer (status, text, url, headers, body)
             return _js_response(value)

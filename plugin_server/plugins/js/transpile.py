@@ -44,7 +44,6 @@ ALLOWED_IMPORTS: tuple[str, ...] = (
 # line naming it (rather than finding `undefined` at first use).
 UNPROVIDED_IMPORTS: frozenset[str] = frozenset(
     {
-        "@google-cloud/bigquery",
         "@google-cloud/pubsub",
         "@google-cloud/storage",
         "faker",

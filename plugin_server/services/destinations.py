@@ -1,0 +1,35 @@
+"""What the export destinations plugins reach through the host (Postgres, S3, BigQuery) share:
+the failure type that carries a JS library's error fields, and fetch's address policy for URLs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from plugin_server.services.fetch import address_allowed
+
+
+class DestinationFailure(Exception):
+    """A destination's failure as the plugin's JS library reports it: the message, and fields
+    (`code`, `statusCode`, ...) the JS error carries."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = {k: v for k, v in fields.items() if v is not None}
+
+
+def private_url_host(url: str) -> str | None:
+    """The host of `url` when it is an address plugins may not reach without
+    PLUGIN_FETCH_ALLOW_PRIVATE (an IP literal or `localhost`); names are checked where they
+    are resolved (fetch's resolver)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if address_allowed(host) else host
