@@ -15,6 +15,8 @@ class DestinationFailure(Exception):
     """A destination's failure as the plugin's JS library reports it: the message, and fields
     (`code`, `statusCode`, ...) the JS error carries."""
 
+    js_name = "Error"  # the JS error class it arrives as
+
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
         self.message = message

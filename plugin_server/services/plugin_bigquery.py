@@ -31,6 +31,12 @@ class BigQueryFailure(DestinationFailure):
     """An ApiError of the Node library: message, `code` and `errors`."""
 
 
+class BigQueryUnreachable(BigQueryFailure):
+    """The request did not get an answer: node-fetch's FetchError, as Google's client raises it."""
+
+    js_name = "FetchError"
+
+
 class PluginBigQuery:
     """The `bigquery.*` request handlers (register each of `handlers()` on the request channel)."""
 
@@ -133,7 +139,8 @@ class PluginBigQuery:
                 data = await response.json(content_type=None) if response.content_length != 0 else None
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BigQueryFailure(f"request to {url} failed, reason: {exc or type(exc).__name__}") from None
+            reason = str(exc) or type(exc).__name__
+            raise BigQueryUnreachable(f"request to {url} failed, reason: {reason}") from None
         if status >= 400:
             error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
             raise BigQueryFailure(
@@ -171,7 +178,7 @@ class PluginBigQuery:
                 data = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BigQueryFailure(
+            raise BigQueryUnreachable(
                 f"request to {token_uri} failed, reason: {exc or type(exc).__name__}"
             ) from None
         if status >= 400 or not isinstance(data, dict) or "access_token" not in data:

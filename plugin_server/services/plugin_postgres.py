@@ -336,6 +336,8 @@ def _as_failure(exc: BaseException, params: dict[str, Any] | None) -> BaseExcept
             constraint=data.get("constraint_name"),
         )
     where = f"{params['host']}:{params['port']}" if params else ""
+    if "rejected SSL upgrade" in str(exc):
+        return PostgresFailure("The server does not support SSL connections")
     if isinstance(exc, ConnectionRefusedError):
         return PostgresFailure(f"connect ECONNREFUSED {where}", code="ECONNREFUSED", errno=-111)
     if isinstance(exc, TimeoutError):

@@ -250,3 +250,20 @@ async def test_private_endpoints_are_refused_by_default(
             await service.get_table(ctx, options, "ds", "t")
     finally:
         await service.stop()
+
+
+async def test_an_unreachable_api_is_a_fetch_error(
+    make_vm: Loader, bigquery_service: PluginBigQuery, fake_bigquery: FakeBigQuery, key: rsa.RSAPrivateKey
+) -> None:
+    """PostHog's BigQuery plugin retries on `error instanceof FetchError` (node-fetch's)."""
+    vm = await make_vm("""
+        import { BigQuery } from '@google-cloud/bigquery'
+        import { FetchError } from 'node-fetch'
+        export async function processEvent(arg) {
+            const table = new BigQuery({ credentials: JSON.parse(arg.key), apiEndpoint: 'http://127.0.0.1:1' })
+                .dataset('ds').table('t')
+            try { await table.insert([{ a: 1 }]) } catch (e) { return [e instanceof FetchError, e.name] }
+        }
+    """)
+    got = await vm.call_method("processEvent", {"key": key_json(key, fake_bigquery)})
+    assert got == [True, "FetchError"]

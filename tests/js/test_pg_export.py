@@ -277,3 +277,14 @@ async def test_queries_have_a_timeout(pg_dsn: str) -> None:
             await service.query(ctx, handle, "SELECT pg_sleep(30)")
     finally:
         await service.stop()
+
+
+async def test_ssl_against_a_server_without_it_is_node_postgres_message(pg_dsn: str) -> None:
+    """PostHog's PostgreSQL export always asks for SSL; this machine's Postgres has none."""
+    service = PluginPostgres(allow_private=True)
+    ctx = PluginContext(plugin_config_id=1, plugin_id=1, team_id=2, plugin_name="a")
+    try:
+        with pytest.raises(PostgresFailure, match=r"^The server does not support SSL connections$"):
+            await service.connect(ctx, {"connectionString": pg_dsn, "ssl": {"rejectUnauthorized": False}})
+    finally:
+        await service.stop()

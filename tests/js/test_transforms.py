@@ -113,3 +113,18 @@ async def test_6_6_92_console_levels_and_formatting(
         '{"1":"ein","2":"zwei"}',
         "[99,79]",
     ]
+
+
+async def test_an_import_used_only_as_a_type_is_dropped(transpiler: Transpiler) -> None:
+    """As the original's Babel did: PostHog's S3 export plugin names `ManagedUpload` from
+    'aws-sdk/clients/s3', a module no plugin can import, only as a type."""
+    code = await transpiler.transform(
+        "import { S3 } from 'aws-sdk'\nimport { ManagedUpload } from 'aws-sdk/clients/s3'\n"
+        "let upload: ManagedUpload | null = null\nexport const s3 = new S3()",
+        30,
+    )
+    assert "clients/s3" not in code and '__pluginHostImports["aws-sdk"]' in code
+    with pytest.raises(TranspileError, match="Cannot import 'aws-sdk/clients/s3'"):
+        await transpiler.transform(
+            "import { ManagedUpload } from 'aws-sdk/clients/s3'\nManagedUpload.x()", 30
+        )

@@ -67,8 +67,16 @@
     return { name: "Error", message: String(error), stack: "" };
   }
 
+  // node-fetch's error for a request that got no answer.
+  class FetchError extends Error {
+    constructor(message, type) {
+      super(message);
+      this.name = "FetchError";
+      this.type = type || "system";
+    }
+  }
   function hostError(data) {
-    const Kind = { RetryError, IllegalOperationError, TimeoutError, TypeError, RangeError }[data.name] || Error;
+    const Kind = { RetryError, IllegalOperationError, TimeoutError, TypeError, RangeError, FetchError }[data.name] || Error;
     const error = new Kind(data.message);
     if (Kind === Error && data.name) error.name = data.name;
     if (data.props) Object.assign(error, data.props);
@@ -277,6 +285,7 @@
     return hostCall("fetch", [url, request]).then((data) => new Response(data));
   }
   fetch.Headers = Headers;
+  fetch.FetchError = FetchError;
   fetch.Response = Response;
   fetch.default = fetch;
 

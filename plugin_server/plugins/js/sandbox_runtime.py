@@ -62,7 +62,7 @@ class ServicesHost:
         try:
             value = await self.services.call(self.context, name, args)
         except DestinationFailure as exc:
-            raise JSError("Error", exc.message, props=exc.fields) from None
+            raise JSError(exc.js_name, exc.message, props=exc.fields) from None
         if op in ("fetch", "posthog.api"):  # the services answer (status, text, url, headers, body)
             return _js_response(value)
         if op == "storage.get":  # the service answers (found, text)

@@ -15,6 +15,27 @@
 
   // `missing` collects the allowed imports this server does not provide: the load fails with one
   // line naming the first (thrown here, Babel would prefix the file name).
+  // An import whose bindings appear only in type positions (never as values). An import that is
+  // not used at all still counts as an import, so it still fails when not allowed.
+  function usedOnlyAsType(path) {
+    const names = new Set(path.node.specifiers.map((s) => s.local.name));
+    if (names.size === 0) return false;
+    for (const local of names) {
+      const binding = path.scope.getBinding(local);
+      if (binding && binding.referencePaths.length > 0) return false;
+    }
+    let typeUse = false;
+    path.parentPath.traverse({
+      Identifier(p) {
+        if (names.has(p.node.name) && p.findParent((q) => q.node.type.startsWith("TS"))) {
+          typeUse = true;
+          p.stop();
+        }
+      },
+    });
+    return typeUse;
+  }
+
   function replaceImports(allowed, unprovided, missing) {
     return function ({ types: t }) {
       return {
@@ -25,6 +46,12 @@
               return;
             }
             const name = path.node.source.value;
+            if ((!allowed.has(name) || unprovided.has(name)) && usedOnlyAsType(path)) {
+              // TypeScript drops such an import, as the original's Babel did before its check
+              // (e.g. `import { ManagedUpload } from 'aws-sdk/clients/s3'` naming a type).
+              path.remove();
+              return;
+            }
             if (!allowed.has(name)) throw cannotImport(name);
             if (unprovided.has(name)) missing.push(name);
             const declarators = [];
