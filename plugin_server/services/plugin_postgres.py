@@ -116,6 +116,9 @@ class PluginPostgres:
             options.get("query_timeout") or options.get("statement_timeout"), self._query_timeout
         )
         host = await self._allowed_host(params["host"], params["port"])
+        verified = params["ssl"] is not None and params["ssl"].check_hostname
+        if verified:  # the certificate names the host, not the address
+            host = params["host"]
         kwargs = {**params, "host": host, "timeout": connect_timeout, "statement_cache_size": 100}
         try:
             if kind == "pool":
