@@ -8,7 +8,21 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import Counter
+
+from plugin_server.metrics import REGISTRY
 from plugin_server.services.fetch import address_allowed
+
+DESTINATION_REQUESTS = Counter(
+    "plugin_server_plugin_destination_requests_total",
+    "Requests plugins made to export destinations through the host, by destination, operation and outcome",
+    ["destination", "operation", "outcome"],
+    registry=REGISTRY,
+)
+
+
+def count(destination: str, operation: str, ok: bool) -> None:
+    DESTINATION_REQUESTS.labels(destination, operation, "ok" if ok else "error").inc()
 
 
 class DestinationFailure(Exception):

@@ -19,7 +19,7 @@ import aiohttp
 from google.auth import crypt, jwt
 
 from plugin_server.plugins.host_services import PluginContext
-from plugin_server.services.destinations import DestinationFailure, private_url_host
+from plugin_server.services.destinations import DestinationFailure, count, private_url_host
 from plugin_server.services.fetch import _PublicOnlyResolver
 
 DEFAULT_API_BASE = "https://bigquery.googleapis.com"
@@ -129,6 +129,17 @@ class PluginBigQuery:
 
     async def _call(
         self, ctx: PluginContext, options: dict[str, Any], method: str, path: str, body: Any = None
+    ) -> Any:
+        try:
+            answer = await self._request(ctx, options, method, path, body)
+        except BigQueryFailure:
+            count("bigquery", method, False)
+            raise
+        count("bigquery", method, True)
+        return answer
+
+    async def _request(
+        self, ctx: PluginContext, options: dict[str, Any], method: str, path: str, body: Any
     ) -> Any:
         token = await self._token(ctx, options)
         url = self._checked(self._base(options) + path)

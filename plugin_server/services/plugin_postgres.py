@@ -29,7 +29,7 @@ import asyncpg
 
 from plugin_server.logs import get_logger
 from plugin_server.plugins.host_services import PluginContext
-from plugin_server.services.destinations import DestinationFailure
+from plugin_server.services.destinations import DestinationFailure, count
 from plugin_server.services.fetch import address_allowed
 
 log = get_logger(__name__)
@@ -131,7 +131,9 @@ class PluginPostgres:
                 target = await asyncio.wait_for(asyncpg.connect(**kwargs), connect_timeout)
                 await _use_text_codecs(target)
         except BaseException as exc:
+            count("postgres", "connect", False)
             raise _as_failure(exc, params) from None
+        count("postgres", "connect", True)
         handle_id = next(self._ids)
         self._handles[handle_id] = _Handle(ctx.plugin_config_id, str(owner), target, query_timeout)
         return handle_id
@@ -145,13 +147,15 @@ class PluginPostgres:
             if isinstance(handle.target, asyncpg.Pool):
                 async with handle.target.acquire(timeout=handle.query_timeout) as connection:
                     async with asyncio.timeout(handle.query_timeout):
-                        return await _run(connection, text, args)
-            async with asyncio.timeout(handle.query_timeout):
-                return await _run(handle.target, text, args)
-        except PostgresFailure:
-            raise
+                        result = await _run(connection, text, args)
+            else:
+                async with asyncio.timeout(handle.query_timeout):
+                    result = await _run(handle.target, text, args)
         except BaseException as exc:
+            count("postgres", "query", False)
             raise _as_failure(exc, None) from None
+        count("postgres", "query", True)
+        return result
 
     async def end(self, ctx: PluginContext, handle_id: int) -> None:
         self._owned(ctx, handle_id)

@@ -22,7 +22,7 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from plugin_server.plugins.host_services import PluginContext
-from plugin_server.services.destinations import DestinationFailure, private_url_host
+from plugin_server.services.destinations import DestinationFailure, count, private_url_host
 from plugin_server.services.fetch import _PublicOnlyResolver
 
 MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -112,15 +112,19 @@ class PluginS3:
         request["Bucket"], request["Key"] = str(request["Bucket"]), str(request["Key"])
         try:
             answer: dict[str, Any] = await client.put_object(Body=body, **request)
+            count("s3", "putObject", True)
         except ClientError as exc:
+            count("s3", "putObject", False)
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             raise AwsFailure(
                 str(error.get("Code", "UnknownError")), str(error.get("Message", exc)), status
             ) from None
         except EndpointConnectionError as exc:
+            count("s3", "putObject", False)
             raise AwsFailure("NetworkingError", str(exc)) from None
         except (BotoCoreError, OSError, TimeoutError) as exc:
+            count("s3", "putObject", False)
             raise AwsFailure("NetworkingError", str(exc) or type(exc).__name__) from None
         return answer
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from plugin_server.metrics import REGISTRY
 from plugin_server.plugins.host_services import PluginContext
 from plugin_server.plugins.runner import PluginRunner
 from plugin_server.services.plugin_postgres import PluginPostgres, PostgresFailure
@@ -273,8 +274,12 @@ async def test_queries_have_a_timeout(pg_dsn: str) -> None:
     ctx = PluginContext(plugin_config_id=1, plugin_id=1, team_id=2, plugin_name="a")
     try:
         handle = await service.connect(ctx, {"connectionString": pg_dsn, "query_timeout": 200}, "client")
+        labels = {"destination": "postgres", "operation": "query", "outcome": "error"}
+        before = REGISTRY.get_sample_value("plugin_server_plugin_destination_requests_total", labels) or 0
         with pytest.raises(PostgresFailure, match="Query read timeout"):
             await service.query(ctx, handle, "SELECT pg_sleep(30)")
+        after = REGISTRY.get_sample_value("plugin_server_plugin_destination_requests_total", labels)
+        assert after == before + 1
     finally:
         await service.stop()
 
