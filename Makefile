@@ -8,15 +8,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run migrate test test-random faults lint typecheck check services bench lock clean
 
-# The JS/TS plugin transpiler, pinned by version and npm integrity hash; no network at run time.
-BABEL_VERSION := 7.29.13
-BABEL_INTEGRITY := sha512-N8oXikyXZJfWWQoO26w+KLheK1P4itiJx15C29FNWpYsxYhbie2EyfZDvxZfBL+Gx+hInpGI0CO7y/pSh6hHkg==
-BABEL_JS := plugin_server/plugins/js/vendor/babel.min.js
+# npm packages of the JS/TS plugin runtime (the transpiler, bundles of Node's built-ins): exact
+# versions in scripts/js-vendor/package.json, integrity hashes in its package-lock.json (checked
+# by `npm ci`); nothing is fetched at run time.
+JS_VENDOR := plugin_server/plugins/js/vendor
+JS_VENDOR_STAMP := $(JS_VENDOR)/.vendored
 
-install: $(STAMP) $(BABEL_JS)
+install: $(STAMP) $(JS_VENDOR_STAMP)
 
-$(BABEL_JS): scripts/vendor-babel.sh
-	@bash scripts/vendor-babel.sh $(BABEL_VERSION) $(BABEL_INTEGRITY) $@
+$(JS_VENDOR_STAMP): scripts/vendor-js.sh scripts/js-vendor/package-lock.json scripts/js-vendor/build.mjs $(wildcard plugin_server/plugins/js/node/*.js)
+	@bash scripts/vendor-js.sh $(JS_VENDOR)
 
 # The project itself is installed too (editable, without its already pinned dependencies), so
 # `python -m plugin_server`, `plugin_server.testing` and the `posthog_plugin` SDK work from any

@@ -1,15 +1,24 @@
 """JS plugin costs: per-event time of a trivial processEvent (one call at a time and many in
-flight), and memory per loaded JS plugin config (V8 heap and process RSS)."""
+flight), memory per loaded JS plugin config (V8 heap and process RSS), and the events/s an export
+plugin in the style of PostHog's PostgreSQL export reaches into the local Postgres through the
+`pg` facade (BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import time
+import uuid
 from typing import Any
 
+import asyncpg
+
+from plugin_server.plugins.host_services import PluginContext
+from plugin_server.plugins.js.isolate import JSError
 from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.js.vm import JSPluginVM, VMSpec
+from plugin_server.services.plugin_postgres import PluginPostgres, PostgresFailure
 
 TRIVIAL = "export function processEvent(event) { event.properties.processed = true; return event }"
 
@@ -20,6 +29,95 @@ class NoHost:
 
     def notify(self, op: str, args: list[Any]) -> None:
         return None
+
+
+EXPORTER = """
+import { Pool } from 'pg'
+import { RetryError } from '@posthog/plugin-scaffold'
+const COLUMNS = ['uuid', 'event', 'properties', 'distinct_id', 'team_id', 'timestamp']
+export function setupPlugin({ global, config }) {
+    global.pool = new Pool({ connectionString: config.dsn, max: 2 })
+}
+export async function exportEvents(events, { global, config }) {
+    const values = []
+    const tuples = []
+    for (const e of events) {
+        const row = [e.uuid, e.event, JSON.stringify(e.properties), e.distinct_id, e.team_id, e.timestamp]
+        tuples.push('(' + row.map((_, i) => '$' + (values.length + i + 1)).join(',') + ')')
+        values.push(...row)
+    }
+    try {
+        const insert = `INSERT INTO ${config.table} (${COLUMNS.join(',')}) VALUES ${tuples.join(',')}`
+        await global.pool.query(insert, values)
+    } catch (error) {
+        throw new RetryError('Export to Postgres failed: ' + error.message)
+    }
+}
+"""
+
+
+class PostgresHost(NoHost):
+    """Answers the `pg` facade with the host's PluginPostgres, as ServicesHost does."""
+
+    def __init__(self, service: PluginPostgres) -> None:
+        self.service = service
+        self.context = PluginContext(plugin_config_id=1, plugin_id=1, team_id=2, plugin_name="bench")
+
+    async def call(self, op: str, args: list[Any]) -> Any:
+        handler = self.service.handlers().get(op)
+        if handler is None:
+            return None
+        try:
+            return await handler(self.context, *args)
+        except PostgresFailure as exc:
+            raise JSError("Error", exc.message, props=exc.fields) from None
+
+
+async def export_to_postgres(transpiler: Transpiler) -> None:
+    dsn = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    table = f"bench_js_export_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(
+        f"CREATE TABLE {table} (uuid uuid, event text, properties jsonb, distinct_id text,"
+        " team_id integer, timestamp timestamptz)"
+    )
+    service = PluginPostgres(allow_private=True)
+    vm = await JSPluginVM.create(
+        VMSpec(source=EXPORTER, config={"dsn": dsn, "table": table}), PostgresHost(service), transpiler
+    )
+    try:
+        await vm.call_method("setupPlugin")
+        batch_size, batches = 500, 40
+
+        def batch() -> list[dict[str, Any]]:
+            return [
+                {
+                    "uuid": str(uuid.uuid4()),
+                    "event": "$pageview",
+                    "distinct_id": f"user-{i % 100}",
+                    "team_id": 2,
+                    "timestamp": "2021-05-01T10:00:00.000Z",
+                    "properties": {"$current_url": "https://example.com/", "i": i},
+                }
+                for i in range(batch_size)
+            ]
+
+        await vm.call_method("exportEvents", batch())  # warm up: connection, prepared statement
+        work = [batch() for _ in range(batches)]
+        started = time.perf_counter()
+        for events in work:
+            await vm.call_method("exportEvents", events)
+        elapsed = time.perf_counter() - started
+        stored = await admin.fetchval(f"SELECT count(*) FROM {table}")
+        assert stored == batch_size * (batches + 1), stored
+        total = batch_size * batches
+        rate = total / elapsed
+        print(f"export plugin -> local Postgres:    {rate:8.0f} events/s  ({batch_size}-event batches)")
+    finally:
+        await vm.close()
+        await service.stop()
+        await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
 
 
 def _rss_mb() -> float:
@@ -59,6 +157,7 @@ async def run() -> None:
     print(f"process RSS per plugin config:      {rss:8.2f} MB  ({count} configs)")
     for v in vms:
         await v.close()
+    await export_to_postgres(transpiler)
     transpiler.close()
 
 

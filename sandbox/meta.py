@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import posthog_plugin
 from posthog_plugin import IllegalOperationError
 from posthog_plugin import RetryError as RetryError  # guest.py and the host error classes use it
+from sandbox import destinations
 
 Request = Callable[[str, list[Any]], "asyncio.Future[Any]"]
 Notify = Callable[[str, list[Any]], None]
@@ -404,6 +405,9 @@ class Meta:
         self.metrics = Metrics(declared_metrics, notify)
         self.console = Console(notify)
         self.posthog = Posthog(request)
+        self.postgres = destinations.Postgres(request)
+        self.s3 = destinations.S3(request)
+        self.bigquery = destinations.BigQuery(request)
         self._request = request
         self.plugin_config_id: int = spec["plugin_config_id"]
         self.team_id: int | None = spec.get("team_id")

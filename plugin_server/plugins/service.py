@@ -21,7 +21,10 @@ from plugin_server.plugins.runner import SCHEDULED_TASKS, PluginRunner
 from plugin_server.queues.kafka_service import KAFKA_PRODUCER
 from plugin_server.services.export_events import EXPORT_JOB, ExportEventsBuffers
 from plugin_server.services.historical_export import HISTORICAL_JOBS, HistoricalExport
+from plugin_server.services.plugin_bigquery import PluginBigQuery
 from plugin_server.services.plugin_host import JobRetry, PluginCallError, PluginConfigRef
+from plugin_server.services.plugin_postgres import PluginPostgres
+from plugin_server.services.plugin_s3 import PluginS3
 
 log = get_logger(__name__)
 
@@ -169,6 +172,16 @@ class PluginRunnerService:
         )
         ctx.extras[PLUGIN_RUNNER] = self.runner
         ctx.extras[PLUGINS] = PluginRunnerHost(self.runner)
+        # Export destinations plugins reach through the host (their sandboxes have no sockets).
+        allow_private = ctx.settings.plugin_fetch_allow_private
+        self.destinations = (
+            PluginPostgres(allow_private=allow_private),
+            PluginS3(allow_private=allow_private),
+            PluginBigQuery(allow_private=allow_private),
+        )
+        for destination in self.destinations:
+            for name, handler in destination.handlers().items():
+                self.runner.services.register(name, handler)
 
     async def start(self) -> None:
         host = self.ctx.extras.get("host_services")
@@ -201,3 +214,5 @@ class PluginRunnerService:
 
     async def stop(self) -> None:
         await self.runner.stop()
+        for destination in self.destinations:
+            await destination.stop()

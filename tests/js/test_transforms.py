@@ -68,10 +68,24 @@ async def test_6_7_102_103_forbidden_import_fails(transpiler: Transpiler, source
 
 async def test_6_7_103_require_reads_host_imports(transpiler: Transpiler) -> None:
     code = await transpiler.transform(
-        "const fetch = require('node-fetch')\nconst { BigQuery } = require('@google-cloud/bigquery')", 30
+        "const fetch = require('node-fetch')\nconst { createHash } = require('crypto')", 30
     )
     assert 'const fetch = __pluginHostImports["node-fetch"];' in code
-    assert 'BigQuery\n} = __pluginHostImports["@google-cloud/bigquery"];' in code
+    assert 'createHash\n} = __pluginHostImports["crypto"];' in code
+
+
+@pytest.mark.parametrize(
+    "name", ["snowflake-sdk", "@google-cloud/pubsub", "@google-cloud/storage", "faker", "stream"]
+)
+@pytest.mark.parametrize("form", ["import * as lib from '{}'", "const lib = require('{}')"])
+async def test_allowed_but_unprovided_import_fails_with_one_line(
+    transpiler: Transpiler, name: str, form: str
+) -> None:
+    with pytest.raises(TranspileError) as failed:
+        await transpiler.transform(
+            "import { RetryError } from '@posthog/plugin-scaffold'\n" + form.format(name), 30
+        )
+    assert failed.value.message == f"Plugin imports '{name}', which this server does not provide"
 
 
 @pytest.mark.parametrize("level", ["debug", "log", "info", "warn", "error"])
@@ -99,3 +113,18 @@ async def test_6_6_92_console_levels_and_formatting(
         '{"1":"ein","2":"zwei"}',
         "[99,79]",
     ]
+
+
+async def test_an_import_used_only_as_a_type_is_dropped(transpiler: Transpiler) -> None:
+    """As the original's Babel did: PostHog's S3 export plugin names `ManagedUpload` from
+    'aws-sdk/clients/s3', a module no plugin can import, only as a type."""
+    code = await transpiler.transform(
+        "import { S3 } from 'aws-sdk'\nimport { ManagedUpload } from 'aws-sdk/clients/s3'\n"
+        "let upload: ManagedUpload | null = null\nexport const s3 = new S3()",
+        30,
+    )
+    assert "clients/s3" not in code and '__pluginHostImports["aws-sdk"]' in code
+    with pytest.raises(TranspileError, match="Cannot import 'aws-sdk/clients/s3'"):
+        await transpiler.transform(
+            "import { ManagedUpload } from 'aws-sdk/clients/s3'\nManagedUpload.x()", 30
+        )

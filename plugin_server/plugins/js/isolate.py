@@ -18,6 +18,8 @@ from typing import Any, cast
 
 from py_mini_racer import JSEvalException, JSOOMException, MiniRacer, mini_racer
 
+from plugin_server.plugins.js.libraries import library_source
+
 PRELUDE = (Path(__file__).parent / "prelude.js").read_text()
 _V8_ERROR_LINE = re.compile(r"^(?:[^\n]*?:\d+: )?(?P<name>[A-Za-z_$][\w$]*): (?P<message>.*)$", re.MULTILINE)
 
@@ -33,12 +35,20 @@ class IsolateTimeout(Exception):
 class JSError(Exception):
     """A JS exception, with the JS name, message and stack."""
 
-    def __init__(self, name: str, message: str, stack: str = "", caller: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        message: str,
+        stack: str = "",
+        caller: str | None = None,
+        props: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{name}: {message}")
         self.name = name
         self.message = message
         self.stack = stack
         self.caller = caller
+        self.props = props or {}  # extra fields a host failure gives the JS error (e.g. `code`)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> JSError:
@@ -75,21 +85,27 @@ class Isolate:
 
     @classmethod
     async def start(
-        cls, memory_limit_bytes: int, on_bell: Callable[[], None], spec: dict[str, Any]
+        cls,
+        memory_limit_bytes: int,
+        on_bell: Callable[[], None],
+        spec: dict[str, Any],
+        libraries: tuple[str, ...] = ("buffer",),
     ) -> Isolate:
         stack = ExitStack()
         try:
             racer = stack.enter_context(mini_racer(asyncio.get_running_loop()))
             racer.set_hard_memory_limit(memory_limit_bytes)
             isolate = cls(racer, stack, on_bell)
-            await isolate._boot(spec)
+            await isolate._boot(spec, libraries)
         except BaseException:
             stack.close()
             raise
         return isolate
 
-    async def _boot(self, spec: dict[str, Any]) -> None:
+    async def _boot(self, spec: dict[str, Any], libraries: tuple[str, ...]) -> None:
         ctx = self._ctx
+        for name in libraries:  # the prelude reads the factories they register
+            await self._racer.eval_cancelable(library_source(name))
         await self._racer.eval_cancelable(PRELUDE)
         bell = self._stack.enter_context(ctx._register_js_notification(lambda _handle: self._on_bell()))
         configure = await self._racer.eval_cancelable("__pluginConfigure")

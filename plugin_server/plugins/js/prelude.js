@@ -67,10 +67,19 @@
     return { name: "Error", message: String(error), stack: "" };
   }
 
+  // node-fetch's error for a request that got no answer.
+  class FetchError extends Error {
+    constructor(message, type) {
+      super(message);
+      this.name = "FetchError";
+      this.type = type || "system";
+    }
+  }
   function hostError(data) {
-    const Kind = { RetryError, IllegalOperationError, TimeoutError, TypeError, RangeError }[data.name] || Error;
+    const Kind = { RetryError, IllegalOperationError, TimeoutError, TypeError, RangeError, FetchError }[data.name] || Error;
     const error = new Kind(data.message);
     if (Kind === Error && data.name) error.name = data.name;
+    if (data.props) Object.assign(error, data.props);
     return error;
   }
 
@@ -135,288 +144,32 @@
     }
   }
 
-  // ---- bytes: UTF-8, base64, hex, and a Node-like Buffer
-  function utf8Encode(text) {
-    const out = [];
-    for (let i = 0; i < text.length; i++) {
-      let c = text.charCodeAt(i);
-      if (c >= 0xd800 && c < 0xdc00 && i + 1 < text.length) {
-        const d = text.charCodeAt(i + 1);
-        if (d >= 0xdc00 && d < 0xe000) {
-          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
-          i++;
-        } else c = 0xfffd;
-      } else if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
-      if (c < 0x80) out.push(c);
-      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  // ---- Node's built-ins: library bundles (vendor/node-*.js, built from node/*.js) evaluated
+  // before this prelude register factories in __nodeLibraries; each runs on first use. The host
+  // loads only the bundles a plugin's code refers to (plus Buffer, which meta itself uses).
+  const libraries = G.__nodeLibraries || {};
+  const Buffer = libraries.buffer().Buffer;
+  const modules = {};
+  function nodeModule(name) {
+    if (!(name in modules)) {
+      if (typeof libraries[name] !== "function") throw new Error("Node module '" + name + "' is not loaded in this isolate");
+      modules[name] = libraries[name]({ Buffer, seed: () => Buffer.from(spec.seed, "base64") });
     }
-    return out;
+    return modules[name];
   }
-  function utf8Decode(bytes) {
-    let out = "";
-    for (let i = 0; i < bytes.length; ) {
-      const b = bytes[i];
-      let c = 0xfffd;
-      let n = 1;
-      if (b < 0x80) c = b;
-      else if (b >= 0xc2 && b < 0xe0 && i + 1 < bytes.length) {
-        c = ((b & 31) << 6) | (bytes[i + 1] & 63);
-        n = 2;
-      } else if (b >= 0xe0 && b < 0xf0 && i + 2 < bytes.length) {
-        c = ((b & 15) << 12) | ((bytes[i + 1] & 63) << 6) | (bytes[i + 2] & 63);
-        n = 3;
-      } else if (b >= 0xf0 && b < 0xf5 && i + 3 < bytes.length) {
-        c = ((b & 7) << 18) | ((bytes[i + 1] & 63) << 12) | ((bytes[i + 2] & 63) << 6) | (bytes[i + 3] & 63);
-        n = 4;
-      }
-      out += String.fromCodePoint(c);
-      i += n;
-    }
-    return out;
-  }
-  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  function base64Encode(bytes) {
-    let out = "";
-    for (let i = 0; i < bytes.length; i += 3) {
-      const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
-      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
-      out += i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=";
-      out += i + 2 < bytes.length ? B64[n & 63] : "=";
-    }
-    return out;
-  }
-  function base64Decode(text) {
-    const clean = String(text).replace(/-/g, "+").replace(/_/g, "/").replace(/[^A-Za-z0-9+/]/g, "");
-    const out = [];
-    let bits = 0;
-    let value = 0;
-    for (const ch of clean) {
-      value = (value << 6) | B64.indexOf(ch);
-      bits += 6;
-      if (bits >= 8) {
-        bits -= 8;
-        out.push((value >> bits) & 255);
-      }
-    }
-    return out;
-  }
-
-  class Buffer extends Uint8Array {
-    static from(value, encodingOrOffset, length) {
-      if (typeof value === "string") {
-        const encoding = String(encodingOrOffset || "utf8").toLowerCase();
-        if (encoding === "base64" || encoding === "base64url") return new Buffer(base64Decode(value));
-        if (encoding === "hex") {
-          const bytes = [];
-          for (let i = 0; i + 1 < value.length; i += 2) {
-            const b = parseInt(value.slice(i, i + 2), 16);
-            if (Number.isNaN(b)) break;
-            bytes.push(b);
-          }
-          return new Buffer(bytes);
-        }
-        if (encoding === "latin1" || encoding === "binary" || encoding === "ascii") {
-          return new Buffer(Array.from(value, (ch) => ch.charCodeAt(0) & 255));
-        }
-        return new Buffer(utf8Encode(value));
-      }
-      if (value instanceof ArrayBuffer) return new Buffer(value, encodingOrOffset || 0, length);
-      if (value && value.type === "Buffer" && Array.isArray(value.data)) return new Buffer(value.data);
-      return new Buffer(value);
-    }
-    static alloc(size, fill) {
-      const b = new Buffer(size);
-      if (fill !== undefined) b.fill(typeof fill === "number" ? fill : Buffer.from(String(fill))[0] || 0);
-      return b;
-    }
-    static isBuffer(value) {
-      return value instanceof Buffer;
-    }
-    static byteLength(value, encoding) {
-      return typeof value === "string" ? Buffer.from(value, encoding).length : value.byteLength;
-    }
-    static concat(list, total) {
-      const length = total !== undefined ? total : list.reduce((n, b) => n + b.length, 0);
-      const out = new Buffer(length);
-      let at = 0;
-      for (const b of list) {
-        if (at >= length) break;
-        out.set(b.subarray(0, length - at), at);
-        at += b.length;
-      }
-      return out;
-    }
-    toString(encoding, start, end) {
-      const bytes = start !== undefined || end !== undefined ? this.subarray(start || 0, end) : this;
-      const enc = String(encoding || "utf8").toLowerCase();
-      if (enc === "base64") return base64Encode(bytes);
-      if (enc === "base64url") return base64Encode(bytes).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-      if (enc === "hex") return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-      if (enc === "latin1" || enc === "binary" || enc === "ascii") return String.fromCharCode(...bytes);
-      return utf8Decode(bytes);
-    }
-    toJSON() {
-      return { type: "Buffer", data: Array.from(this) };
-    }
-    equals(other) {
-      return this.length === other.length && this.every((b, i) => b === other[i]);
-    }
-  }
-
-  // ---- URL and URLSearchParams (the parts plugins use)
-  function formEncode(text) {
-    return encodeURIComponent(text).replace(/%20/g, "+").replace(/[!'()~]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
-  }
-  function formDecode(text) {
-    try {
-      return decodeURIComponent(text.replace(/\+/g, " "));
-    } catch (e) {
-      return text;
-    }
-  }
-  class URLSearchParams {
-    constructor(init) {
-      this._pairs = [];
-      this._onChange = null;
-      if (init == null) return;
-      if (typeof init === "string") this._parse(init);
-      else if (typeof init[Symbol.iterator] === "function") for (const [k, v] of init) this._pairs.push([String(k), String(v)]);
-      else for (const k of Object.keys(init)) this._pairs.push([k, String(init[k])]);
-    }
-    _parse(text) {
-      this._pairs = [];
-      for (const part of text.replace(/^\?/, "").split("&")) {
-        if (!part) continue;
-        const at = part.indexOf("=");
-        this._pairs.push(at < 0 ? [formDecode(part), ""] : [formDecode(part.slice(0, at)), formDecode(part.slice(at + 1))]);
-      }
-    }
-    _changed() {
-      if (this._onChange) this._onChange(this.toString());
-    }
-    append(k, v) {
-      this._pairs.push([String(k), String(v)]);
-      this._changed();
-    }
-    delete(k) {
-      this._pairs = this._pairs.filter(([key]) => key !== String(k));
-      this._changed();
-    }
-    get(k) {
-      const pair = this._pairs.find(([key]) => key === String(k));
-      return pair ? pair[1] : null;
-    }
-    getAll(k) {
-      return this._pairs.filter(([key]) => key === String(k)).map(([, v]) => v);
-    }
-    has(k) {
-      return this._pairs.some(([key]) => key === String(k));
-    }
-    set(k, v) {
-      const key = String(k);
-      const at = this._pairs.findIndex(([x]) => x === key);
-      if (at < 0) this._pairs.push([key, String(v)]);
-      else {
-        this._pairs[at] = [key, String(v)];
-        this._pairs = this._pairs.filter(([x], i) => x !== key || i === at);
-      }
-      this._changed();
-    }
-    sort() {
-      this._pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-      this._changed();
-    }
-    forEach(fn, self) {
-      for (const [k, v] of this._pairs) fn.call(self, v, k, this);
-    }
-    keys() {
-      return this._pairs.map(([k]) => k)[Symbol.iterator]();
-    }
-    values() {
-      return this._pairs.map(([, v]) => v)[Symbol.iterator]();
-    }
-    entries() {
-      return this._pairs.map((p) => p.slice())[Symbol.iterator]();
-    }
-    [Symbol.iterator]() {
-      return this.entries();
-    }
-    get size() {
-      return this._pairs.length;
-    }
-    toString() {
-      return this._pairs.map(([k, v]) => formEncode(k) + "=" + formEncode(v)).join("&");
-    }
-  }
-
-  const DEFAULT_PORTS = { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443", "ftp:": "21" };
-  const URL_RE = /^([a-zA-Z][a-zA-Z0-9+.-]*:)(?:\/\/(?:([^:@/?#]*)(?::([^@/?#]*))?@)?(\[[^\]]*\]|[^:/?#]*)(?::(\d*))?)?([^?#]*)(\?[^#]*)?(#.*)?$/;
-  function normalisePath(path) {
-    const out = [];
-    for (const seg of path.split("/").slice(1)) {
-      if (seg === "..") out.pop();
-      else if (seg !== ".") out.push(seg);
-    }
-    const last = path.split("/").pop();
-    return "/" + out.join("/") + (last === "." || last === ".." ? "/" : "");
-  }
-  class URL {
-    constructor(input, base) {
-      let text = String(input).trim();
-      if (!URL_RE.test(text) || (base !== undefined && !/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(text))) {
-        if (base === undefined) throw new TypeError("Invalid URL: " + text);
-        const b = base instanceof URL ? base : new URL(base);
-        if (text.startsWith("//")) text = b.protocol + text;
-        else if (text.startsWith("/")) text = b.origin + text;
-        else if (text.startsWith("?")) text = b.origin + b.pathname + text;
-        else if (text.startsWith("#")) text = b.origin + b.pathname + b.search + text;
-        else text = b.origin + b.pathname.replace(/[^/]*$/, "") + text;
-      }
-      const m = URL_RE.exec(text);
-      if (!m) throw new TypeError("Invalid URL: " + text);
-      this.protocol = m[1].toLowerCase();
-      this.username = m[2] || "";
-      this.password = m[3] || "";
-      this.hostname = (m[4] || "").toLowerCase();
-      const port = m[5] || "";
-      this.port = DEFAULT_PORTS[this.protocol] === port ? "" : port;
-      const special = this.protocol in DEFAULT_PORTS || this.protocol === "file:";
-      if (special && m[4] === undefined) throw new TypeError("Invalid URL: " + text);
-      this.pathname = special ? normalisePath(m[6] || "/") : m[6] || "";
-      this._search = m[7] && m[7] !== "?" ? m[7] : "";
-      this.hash = m[8] && m[8] !== "#" ? m[8] : "";
-      this.searchParams = new URLSearchParams(this._search);
-      this.searchParams._onChange = (query) => {
-        this._search = query ? "?" + query : "";
-      };
-    }
-    get search() {
-      return this._search;
-    }
-    set search(value) {
-      const text = String(value).replace(/^\?/, "");
-      this._search = text ? "?" + text : "";
-      this.searchParams._parse(text);
-    }
-    get host() {
-      return this.hostname + (this.port ? ":" + this.port : "");
-    }
-    get origin() {
-      return this.protocol + "//" + this.host;
-    }
-    get href() {
-      const auth = this.username ? this.username + (this.password ? ":" + this.password : "") + "@" : "";
-      const slashes = this.hostname || this.protocol === "file:" ? "//" : "";
-      return this.protocol + slashes + auth + this.host + this.pathname + this.search + this.hash;
-    }
-    toString() {
-      return this.href;
-    }
-    toJSON() {
-      return this.href;
-    }
+  function lazyGlobal(name, load) {
+    Object.defineProperty(G, name, {
+      configurable: true,
+      enumerable: false,
+      get() {
+        const value = load();
+        Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+        return value;
+      },
+      set(value) {
+        Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+      },
+    });
   }
 
   // ---- console (§4.9.1)
@@ -505,18 +258,21 @@
       return this._body.buffer.slice(this._body.byteOffset, this._body.byteOffset + this._body.length);
     }
   }
+  function isSearchParams(body) {
+    return "url" in libraries && body instanceof nodeModule("url").URLSearchParams;
+  }
   function requestBody(body) {
     if (body === undefined || body === null) return null;
-    if (body instanceof Uint8Array) return base64Encode(body);
-    if (body instanceof URLSearchParams) return base64Encode(utf8Encode(body.toString()));
-    return base64Encode(utf8Encode(String(body)));
+    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) return Buffer.from(body.buffer || body, body.byteOffset, body.byteLength).toString("base64");
+    return Buffer.from(String(body), "utf8").toString("base64");
   }
   function fetch(input, init) {
     const options = init || {};
-    const url = input instanceof URL ? input.href : typeof input === "object" && input && input.url ? input.url : String(input);
+    let url = String(input);
+    if (input && typeof input === "object") url = typeof input.href === "string" ? input.href : input.url ? String(input.url) : url;
     const headers = [];
     new Headers(options.headers).forEach((v, k) => headers.push([k, v]));
-    if (options.body instanceof URLSearchParams && !headers.some(([k]) => k === "content-type")) {
+    if (isSearchParams(options.body) && !headers.some(([k]) => k === "content-type")) {
       headers.push(["content-type", "application/x-www-form-urlencoded;charset=UTF-8"]);
     }
     const request = {
@@ -529,6 +285,7 @@
     return hostCall("fetch", [url, request]).then((data) => new Response(data));
   }
   fetch.Headers = Headers;
+  fetch.FetchError = FetchError;
   fetch.Response = Response;
   fetch.default = fetch;
 
@@ -576,19 +333,351 @@
     return buffer;
   }
 
-  // ---- crypto subset (randomness only; hashing needs a host call, see notes)
-  function randomBytes(size) {
-    const b = new Buffer(size);
-    for (let i = 0; i < size; i++) b[i] = Math.floor(Math.random() * 256);
-    return b;
+  // ---- pg (node-postgres): Client and Pool whose connections and queries the host makes with
+  // asyncpg (plugin_server/services/plugin_postgres.py). Promise and callback forms.
+  function withCallback(promise, callback) {
+    if (typeof callback !== "function") return promise;
+    promise.then(
+      (value) => callback(null, value),
+      (error) => callback(error),
+    );
+    return undefined;
   }
-  function randomUUID() {
-    const b = randomBytes(16);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const h = b.toString("hex");
-    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  function pgOptions(config) {
+    const options = typeof config === "string" ? { connectionString: config } : Object.assign({}, config || {});
+    const out = {};
+    for (const key of ["connectionString", "host", "port", "user", "password", "database", "connectionTimeoutMillis", "query_timeout", "statement_timeout", "max"]) {
+      if (options[key] !== undefined && options[key] !== null) out[key] = options[key];
+    }
+    if (options.ssl) out.ssl = typeof options.ssl === "object" ? { rejectUnauthorized: options.ssl.rejectUnauthorized !== false } : true;
+    return out;
   }
+  function pgParameter(value) {
+    if (value === undefined || value === null) return null;
+    if (value instanceof Date) return value.toISOString();
+    if (value instanceof Uint8Array) return { $bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("base64") };
+    if (Array.isArray(value)) return value.map(pgParameter);
+    if (typeof value === "object") return typeof value.toPostgres === "function" ? value.toPostgres() : JSON.stringify(value);
+    return value;
+  }
+  const PG_DATES = new Set([1082, 1114, 1184]);
+  function pgValue(value, typeId) {
+    if (value === null) return null;
+    if (value && typeof value === "object" && typeof value.$bytes === "string") return Buffer.from(value.$bytes, "base64");
+    if (PG_DATES.has(typeId) && typeof value === "string") return new Date(typeId === 1114 && !/[Zz+]/.test(value.slice(10)) ? value + "Z" : value);
+    return value;
+  }
+  function pgQueryArgs(textOrConfig, values, callback) {
+    if (typeof values === "function") {
+      callback = values;
+      values = undefined;
+    }
+    const config = typeof textOrConfig === "object" && textOrConfig !== null ? textOrConfig : { text: textOrConfig };
+    return { text: String(config.text), values: (values || config.values || []).map(pgParameter), rowMode: config.rowMode, callback };
+  }
+  function pgResult(data, rowMode) {
+    const fields = data.fields;
+    const rows = data.rows.map((row) => {
+      const values = row.map((v, i) => pgValue(v, fields[i].dataTypeID));
+      if (rowMode === "array") return values;
+      const out = {};
+      fields.forEach((f, i) => (out[f.name] = values[i]));
+      return out;
+    });
+    return { command: data.command, rowCount: data.rowCount, rows, fields, oid: null };
+  }
+  function pgQuery(handlePromise, args) {
+    const promise = handlePromise.then((handle) =>
+      hostCall("pg.query", [handle, args.text, args.values]).then((data) => pgResult(data, args.rowMode)),
+    );
+    return withCallback(promise, args.callback);
+  }
+  class PgClient {
+    constructor(config) {
+      this._options = pgOptions(config);
+      this._handle = null;
+      this._ended = false;
+    }
+    connect(callback) {
+      if (this._handle !== null) return withCallback(NativePromise.reject(new Error("Client has already been connected. You cannot reuse a client.")), callback);
+      this._handle = hostCall("pg.connect", [this._options, "client"]);
+      return withCallback(this._handle.then(() => undefined), callback);
+    }
+    query(textOrConfig, values, callback) {
+      const args = pgQueryArgs(textOrConfig, values, callback);
+      if (this._ended || this._handle === null) {
+        const error = new Error(this._ended ? "Client was closed and is not queryable" : "Client has not been connected");
+        return withCallback(NativePromise.reject(error), args.callback);
+      }
+      return pgQuery(this._handle, args);
+    }
+    end(callback) {
+      const handle = this._handle;
+      this._ended = true;
+      const promise = handle === null ? NativePromise.resolve() : handle.then((h) => hostCall("pg.end", [h]), () => undefined).then(() => undefined);
+      return withCallback(promise, callback);
+    }
+    on() {
+      return this;
+    }
+  }
+  class PgPool {
+    constructor(config) {
+      this._options = pgOptions(config);
+      this._handle = null;
+      this._ended = false;
+    }
+    _pool() {
+      if (this._handle === null) this._handle = hostCall("pg.connect", [this._options, "pool"]);
+      // A failed connect is not kept: the next query tries again, as node-postgres' pool does.
+      return this._handle.catch((error) => {
+        this._handle = null;
+        throw error;
+      });
+    }
+    query(textOrConfig, values, callback) {
+      const args = pgQueryArgs(textOrConfig, values, callback);
+      if (this._ended) return withCallback(NativePromise.reject(new Error("Cannot use a pool after calling end on the pool")), args.callback);
+      return pgQuery(this._pool(), args);
+    }
+    connect(callback) {
+      // A client checked out of the pool; its queries go through the pool's connections.
+      const pool = this;
+      const client = { query: (t, v, cb) => pool.query(t, v, cb), release: () => undefined, on: () => client };
+      return withCallback(this._pool().then(() => client), callback);
+    }
+    end(callback) {
+      const handle = this._handle;
+      this._ended = true;
+      this._handle = null;
+      const promise = handle === null ? NativePromise.resolve() : handle.then((h) => hostCall("pg.end", [h]), () => undefined).then(() => undefined);
+      return withCallback(promise, callback);
+    }
+    on() {
+      return this;
+    }
+  }
+  const pg = { Client: PgClient, Pool: PgPool, types: { setTypeParser: () => undefined, getTypeParser: () => (v) => v } };
+  pg.default = pg;
+
+  // ---- aws-sdk (v2): S3.putObject and S3.upload, done by the host with aiobotocore
+  // (plugin_server/services/plugin_s3.py). An AWS.Request runs once, on .promise(), .send() or
+  // when given a callback.
+  const awsGlobalConfig = {};
+  class AwsRequest {
+    constructor(run) {
+      this._run = run;
+      this._promise = null;
+    }
+    promise() {
+      if (this._promise === null) this._promise = this._run();
+      return this._promise;
+    }
+    send(callback) {
+      withCallback(this.promise(), callback || (() => undefined));
+    }
+    on() {
+      return this;
+    }
+  }
+  function awsBody(body) {
+    if (body === undefined || body === null) return null;
+    if (typeof body === "string") return body;
+    if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) {
+      return { $bytes: Buffer.from(body.buffer || body, body.byteOffset || 0, body.byteLength).toString("base64") };
+    }
+    throw new TypeError("S3 Body must be a string, a Buffer or a typed array in this plugin server");
+  }
+  function awsOptions(options) {
+    const merged = Object.assign({}, awsGlobalConfig, options || {});
+    const out = {};
+    for (const key of ["accessKeyId", "secretAccessKey", "sessionToken", "region", "s3ForcePathStyle", "sslEnabled"]) {
+      if (merged[key] !== undefined) out[key] = merged[key];
+    }
+    if (merged.credentials) {
+      const c = merged.credentials;
+      out.credentials = { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken };
+    }
+    if (merged.endpoint) out.endpoint = typeof merged.endpoint === "string" ? merged.endpoint : merged.endpoint.href;
+    return out;
+  }
+  class S3 {
+    constructor(options) {
+      this.config = awsOptions(options);
+    }
+    _request(op, params, callback) {
+      const body = awsBody(params && params.Body);
+      const request = new AwsRequest(() => hostCall("s3." + op, [this.config, Object.assign({}, params, { Body: body })]));
+      if (typeof callback === "function") request.send(callback);
+      return request;
+    }
+    putObject(params, callback) {
+      return this._request("putObject", params, callback);
+    }
+    upload(params, options, callback) {
+      if (typeof options === "function") callback = options;
+      return this._request("upload", params, callback);
+    }
+  }
+  class AwsEndpoint {
+    constructor(endpoint) {
+      this.href = String(endpoint);
+    }
+  }
+  class AwsCredentials {
+    constructor(accessKeyId, secretAccessKey, sessionToken) {
+      const o = typeof accessKeyId === "object" && accessKeyId !== null ? accessKeyId : { accessKeyId, secretAccessKey, sessionToken };
+      this.accessKeyId = o.accessKeyId;
+      this.secretAccessKey = o.secretAccessKey;
+      this.sessionToken = o.sessionToken;
+    }
+  }
+  const AWS = {
+    S3,
+    Endpoint: AwsEndpoint,
+    Credentials: AwsCredentials,
+    config: {
+      update(options) {
+        Object.assign(awsGlobalConfig, options || {});
+      },
+    },
+  };
+  AWS.default = AWS;
+
+  // ---- @google-cloud/bigquery: BigQuery -> dataset -> table (getMetadata, setMetadata, create,
+  // insert), done by the host with BigQuery's REST API (plugin_server/services/plugin_bigquery.py).
+  // Answers are arrays, as the Node library's are: [metadata, apiResponse].
+  // Google's callbacks get the answer's parts as arguments: (err, metadata, apiResponse).
+  function withSpreadCallback(promise, callback) {
+    if (typeof callback !== "function") return promise;
+    promise.then(
+      (values) => callback(null, ...values),
+      (error) => callback(error),
+    );
+    return undefined;
+  }
+  class BigQueryTimestamp {
+    constructor(value) {
+      this.value = value instanceof Date ? value.toISOString() : String(value);
+    }
+    toJSON() {
+      return this.value;
+    }
+  }
+  class PartialFailureError extends Error {
+    constructor(errors, response) {
+      super("A failure occurred during this request.");
+      this.name = "PartialFailureError";
+      this.errors = errors;
+      this.response = response;
+    }
+  }
+  function insertRows(rows, options) {
+    const list = Array.isArray(rows) ? rows : [rows];
+    if (options.raw) return list;
+    return list.map((row) => (options.createInsertId === false ? { json: row } : { insertId: randomInsertId(), json: row }));
+  }
+  function randomInsertId() {
+    const bytes = nodeModule("crypto").randomBytes(16).toString("hex");
+    return bytes.slice(0, 8) + "-" + bytes.slice(8, 12) + "-" + bytes.slice(12, 16) + "-" + bytes.slice(16, 20) + "-" + bytes.slice(20);
+  }
+  class BigQueryTable {
+    constructor(dataset, id) {
+      this.dataset = dataset;
+      this.bigQuery = dataset.bigQuery;
+      this.id = id;
+    }
+    _args() {
+      return [this.dataset.id, this.id];
+    }
+    getMetadata(callback) {
+      const promise = hostCall("bigquery.getTable", [this.bigQuery._options].concat(this._args())).then((m) => [m, m]);
+      return withSpreadCallback(promise, callback);
+    }
+    setMetadata(metadata, callback) {
+      const promise = hostCall("bigquery.patchTable", [this.bigQuery._options].concat(this._args(), [metadata])).then((m) => [m, m]);
+      return withSpreadCallback(promise, callback);
+    }
+    get(callback) {
+      return withSpreadCallback(this.getMetadata().then(([m]) => [this, m]), callback);
+    }
+    exists(callback) {
+      const promise = this.getMetadata().then(
+        () => [true],
+        (error) => {
+          if (error.code === 404) return [false];
+          throw error;
+        },
+      );
+      return withSpreadCallback(promise, callback);
+    }
+    create(options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      return this.dataset.createTable(this.id, options || {}, callback);
+    }
+    insert(rows, options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      options = options || {};
+      const body = { rows: insertRows(rows, options) };
+      if (options.skipInvalidRows !== undefined) body.skipInvalidRows = options.skipInvalidRows;
+      if (options.ignoreUnknownValues !== undefined) body.ignoreUnknownValues = options.ignoreUnknownValues;
+      if (options.templateSuffix !== undefined) body.templateSuffix = options.templateSuffix;
+      const promise = hostCall("bigquery.insertAll", [this.bigQuery._options].concat(this._args(), [JSON.parse(JSON.stringify(body))])).then((response) => {
+        const failures = (response && response.insertErrors) || [];
+        if (failures.length > 0) {
+          throw new PartialFailureError(
+            failures.map((f) => ({ row: body.rows[f.index] && body.rows[f.index].json, errors: f.errors })),
+            response,
+          );
+        }
+        return [response];
+      });
+      return withSpreadCallback(promise, callback);
+    }
+  }
+  class BigQueryDataset {
+    constructor(bigQuery, id) {
+      this.bigQuery = bigQuery;
+      this.id = id;
+    }
+    table(id) {
+      return new BigQueryTable(this, id);
+    }
+    createTable(id, options, callback) {
+      if (typeof options === "function") {
+        callback = options;
+        options = {};
+      }
+      const metadata = Object.assign({}, options || {});
+      if (metadata.schema && Array.isArray(metadata.schema)) metadata.schema = { fields: metadata.schema };
+      const table = this.table(id);
+      const promise = hostCall("bigquery.createTable", [this.bigQuery._options, this.id, id, metadata]).then((m) => [table, m]);
+      return withSpreadCallback(promise, callback);
+    }
+  }
+  class BigQuery {
+    constructor(options) {
+      const o = options || {};
+      this._options = { projectId: o.projectId, credentials: o.credentials, apiEndpoint: o.apiEndpoint };
+      this.projectId = o.projectId || (o.credentials && o.credentials.project_id);
+    }
+    dataset(id) {
+      return new BigQueryDataset(this, id);
+    }
+    timestamp(value) {
+      return new BigQueryTimestamp(value);
+    }
+    static timestamp(value) {
+      return new BigQueryTimestamp(value);
+    }
+  }
+  const bigquery = { BigQuery, Dataset: BigQueryDataset, Table: BigQueryTable, BigQueryTimestamp, PartialFailureError };
 
   function jwtDecode(token, options) {
     const parts = String(token).split(".");
@@ -612,10 +701,14 @@
     "@posthog/plugin-scaffold": { RetryError, MetricsOperation },
     "@posthog/plugin-contrib": { createBuffer },
     "node-fetch": fetch,
-    url: { URL, URLSearchParams },
-    crypto: { randomBytes, randomUUID },
+    pg,
+    "aws-sdk": AWS,
+    "@google-cloud/bigquery": bigquery,
     jsonwebtoken: { decode: jwtDecode, sign: jwtUnsupported("sign"), verify: jwtUnsupported("verify") },
   };
+  for (const name of ["url", "crypto", "zlib"]) {
+    if (name in libraries) Object.defineProperty(hostImports, name, { enumerable: true, get: () => nodeModule(name) });
+  }
 
   // ---- meta (§4)
   function mustBeNumber(value, message) {
@@ -929,8 +1022,10 @@
   G.fetch = fetch;
   G.posthog = posthog;
   G.RetryError = RetryError;
-  G.URL = URL;
   G.Buffer = Buffer;
+  if ("url" in libraries) {
+    for (const name of ["URL", "URLSearchParams", "TextEncoder", "TextDecoder"]) lazyGlobal(name, () => nodeModule("url")[name]);
+  }
   G.google = { cloud: {} };
   G.global = G;
   G.GLOBAL = G;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -18,8 +19,10 @@ from plugin_server.plugins.js.transpile import Transpiler
 from plugin_server.plugins.js.vm import Attachment, CallFailed, JSPluginVM, PluginLoadError, VMBroken, VMSpec
 from plugin_server.plugins.pool import CallOutcome
 from plugin_server.plugins.runtime import RuntimeSpec
+from plugin_server.services.destinations import DestinationFailure
 
 log = get_logger(__name__)
+_OWNERS = itertools.count(1)
 JS_METHOD_OF = dict(METHOD_NAMES)
 PY_METHOD_OF = {js: py for py, js in METHOD_NAMES.items()}
 # Host calls whose service name differs from the JS op name.
@@ -40,6 +43,7 @@ class ServicesHost:
         self.context = context
         self.services = services
         self.http: aiohttp.ClientSession | None = None
+        self.owner = f"js-{next(_OWNERS)}"
         # The loop keeps only weak references to tasks: hold them until they finish.
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -53,7 +57,12 @@ class ServicesHost:
             raise JSError("Error", UNAVAILABLE.get(op, f"{op} is not available in this PostHog instance!"))
         if op == "fetch":
             args = [args[0], _fetch_options(args[1])]
-        value = await self.services.call(self.context, name, args)
+        elif op == "pg.connect":  # what this VM opens, its close() ends
+            args = [*args[:2], self.owner]
+        try:
+            value = await self.services.call(self.context, name, args)
+        except DestinationFailure as exc:
+            raise JSError(exc.js_name, exc.message, props=exc.fields) from None
         if op in ("fetch", "posthog.api"):  # the services answer (status, text, url, headers, body)
             return _js_response(value)
         if op == "storage.get":  # the service answers (found, text)
@@ -85,6 +94,11 @@ class ServicesHost:
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
+        if self.services.has("pg.release"):  # the connections this VM's `pg` left open
+            try:
+                await self.services.call(self.context, "pg.release", [self.owner])
+            except Exception:
+                log.exception("closing a plugin's Postgres connections failed")
 
 
 class JSRuntime:

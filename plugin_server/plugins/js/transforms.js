@@ -13,7 +13,30 @@
     return t.memberExpression(t.identifier("__pluginHostImports"), t.stringLiteral(name), true);
   }
 
-  function replaceImports(allowed) {
+  // `missing` collects the allowed imports this server does not provide: the load fails with one
+  // line naming the first (thrown here, Babel would prefix the file name).
+  // An import whose bindings appear only in type positions (never as values). An import that is
+  // not used at all still counts as an import, so it still fails when not allowed.
+  function usedOnlyAsType(path) {
+    const names = new Set(path.node.specifiers.map((s) => s.local.name));
+    if (names.size === 0) return false;
+    for (const local of names) {
+      const binding = path.scope.getBinding(local);
+      if (binding && binding.referencePaths.length > 0) return false;
+    }
+    let typeUse = false;
+    path.parentPath.traverse({
+      Identifier(p) {
+        if (names.has(p.node.name) && p.findParent((q) => q.node.type.startsWith("TS"))) {
+          typeUse = true;
+          p.stop();
+        }
+      },
+    });
+    return typeUse;
+  }
+
+  function replaceImports(allowed, unprovided, missing) {
     return function ({ types: t }) {
       return {
         visitor: {
@@ -23,7 +46,14 @@
               return;
             }
             const name = path.node.source.value;
+            if ((!allowed.has(name) || unprovided.has(name)) && usedOnlyAsType(path)) {
+              // TypeScript drops such an import, as the original's Babel did before its check
+              // (e.g. `import { ManagedUpload } from 'aws-sdk/clients/s3'` naming a type).
+              path.remove();
+              return;
+            }
             if (!allowed.has(name)) throw cannotImport(name);
+            if (unprovided.has(name)) missing.push(name);
             const declarators = [];
             for (const spec of path.node.specifiers) {
               if (spec.importKind === "type") continue;
@@ -44,6 +74,7 @@
             const arg = node.arguments[0];
             if (!t.isStringLiteral(arg)) return;
             if (!allowed.has(arg.value)) throw cannotImport(arg.value);
+            if (unprovided.has(arg.value)) missing.push(arg.value);
             path.replaceWith(hostImport(t, arg.value));
           },
         },
@@ -106,8 +137,10 @@
   }
 
   // Returns {code} or {error: {name, message}}.
-  globalThis.transformPluginSource = function (source, allowedImports, timeoutSeconds) {
+  globalThis.transformPluginSource = function (source, allowedImports, unprovidedImports, timeoutSeconds) {
     const allowed = new Set(allowedImports);
+    const unprovided = new Set(unprovidedImports);
+    const missing = [];
     try {
       const result = Babel.transform(source, {
         filename: "index.ts",
@@ -116,12 +149,15 @@
         sourceType: "module",
         presets: [["typescript", { onlyRemoveTypeImports: true }]],
         plugins: [
-          replaceImports(allowed),
+          replaceImports(allowed, unprovided, missing),
           loopTimeout(timeoutSeconds),
           promiseTimeout(source),
           ["transform-modules-commonjs", { strictMode: true }],
         ],
       });
+      if (missing.length > 0) {
+        return JSON.stringify({ error: { name: "Error", message: "Plugin imports '" + missing[0] + "', which this server does not provide" } });
+      }
       return JSON.stringify({ code: result.code });
     } catch (e) {
       return JSON.stringify({ error: { name: (e && e.name) || "Error", message: String((e && e.message) || e) } });

@@ -40,6 +40,19 @@ ALLOWED_IMPORTS: tuple[str, ...] = (
     "zlib",
 )
 
+# Allowed by the original but not provided here: a plugin importing one fails at load with one
+# line naming it (rather than finding `undefined` at first use).
+UNPROVIDED_IMPORTS: frozenset[str] = frozenset(
+    {
+        "@google-cloud/pubsub",
+        "@google-cloud/storage",
+        "faker",
+        "generic-pool",
+        "snowflake-sdk",
+        "stream",
+    }
+)
+
 _CACHE_SIZE = 256
 
 
@@ -58,8 +71,13 @@ class Transpiler:
     Outputs are memoised by (source, allowed imports, timeout) so reloading the same plugin
     costs nothing."""
 
-    def __init__(self, allowed_imports: tuple[str, ...] = ALLOWED_IMPORTS) -> None:
+    def __init__(
+        self,
+        allowed_imports: tuple[str, ...] = ALLOWED_IMPORTS,
+        unprovided_imports: frozenset[str] = UNPROVIDED_IMPORTS,
+    ) -> None:
         self._allowed = list(allowed_imports)
+        self._unprovided = sorted(unprovided_imports)
         self._stack = ExitStack()
         self._racer: MiniRacer | None = None
         self._lock = asyncio.Lock()
@@ -85,7 +103,10 @@ class Transpiler:
             return cached
         async with self._lock:
             racer = await self._ensure()
-            call = f"transformPluginSource({json.dumps(source)}, {json.dumps(self._allowed)}, {timeout_text})"
+            call = (
+                f"transformPluginSource({json.dumps(source)}, {json.dumps(self._allowed)},"
+                f" {json.dumps(self._unprovided)}, {timeout_text})"
+            )
             try:
                 raw = await racer.eval_cancelable(call)
             except JSEvalException as exc:  # the transpiler itself failed (e.g. ran out of memory)

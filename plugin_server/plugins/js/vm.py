@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from plugin_server.plugins.js.isolate import Isolate, IsolateOutOfMemory, IsolateTimeout, JSError
+from plugin_server.plugins.js.libraries import libraries_for
 from plugin_server.plugins.js.transpile import TranspileError, Transpiler, format_seconds
 
 log = structlog.get_logger(__name__)
@@ -137,8 +139,11 @@ class JSPluginVM:
             },
             "timeout": spec.task_timeout,
             "testing": spec.expose_test_timer,
+            "seed": base64.b64encode(os.urandom(32)).decode(),  # crypto.randomBytes' key
         }
-        self._isolate = await Isolate.start(spec.memory_limit_mb * 1024 * 1024, self._ring, boot)
+        self._isolate = await Isolate.start(
+            spec.memory_limit_mb * 1024 * 1024, self._ring, boot, libraries_for(code)
+        )
         self._pump_task = asyncio.create_task(self._pump(), name="js-plugin-vm")
         try:
             await self._isolate.evaluate(code, spec.task_timeout + 0.001)
@@ -271,7 +276,7 @@ class JSPluginVM:
                 "t": "reply",
                 "id": rpc_id,
                 "ok": False,
-                "error": {"name": exc.name, "message": exc.message},
+                "error": {"name": exc.name, "message": exc.message, "props": exc.props},
             }
         except Exception as exc:
             reply = {"t": "reply", "id": rpc_id, "ok": False, "error": {"name": "Error", "message": str(exc)}}
