@@ -40,14 +40,17 @@ async def produce_wave(bootstrap: str, sent: list[str]) -> None:
     sent.extend(wave)
 
 
-async def test_broker_restarted_mid_stream_loses_no_event() -> None:
+async def test_broker_restarted_mid_stream_loses_no_event(clickhouse_host: str) -> None:
     sent: list[str] = []
     with persistent_broker() as broker:
         await ensure_topics(broker.bootstrap, OUTPUT_TOPICS, partitions=1)
         await ensure_topics(broker.bootstrap, [TOPIC], partitions=2)
         async with rig() as (the_rig, _pg, _redis):
             the_rig.start_server(
-                KAFKA_ENABLED="true", KAFKA_HOSTS=broker.bootstrap, KAFKA_CONSUMPTION_TOPIC=TOPIC
+                KAFKA_ENABLED="true",
+                KAFKA_HOSTS=broker.bootstrap,
+                KAFKA_CONSUMPTION_TOPIC=TOPIC,
+                CLICKHOUSE_HOST=clickhouse_host,  # Kafka mode's readiness includes ClickHouse
             )
             await the_rig.wait_ready(90)
             async with TopicTail(broker.bootstrap, [km.TOPIC_EVENTS]) as tail:
