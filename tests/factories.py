@@ -5,6 +5,7 @@ The ids mirror the original test suite's fixtures (team 2, plugin 60, plugin con
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -134,3 +135,23 @@ async def create_plugin_config(
         },
     )
     return config_id
+
+
+def capture_message(
+    event_uuid: str, seq: int, *, distinct_id: str, properties: dict[str, Any] | None = None
+) -> bytes:
+    """A Kafka message value as PostHog's capture endpoint produces it (spec §1.2.2): a
+    `$pageview` of team 2 carrying `seq` (and `properties`)."""
+    data = {"event": "$pageview", "properties": {"seq": seq, **(properties or {})}}
+    return json.dumps(
+        {
+            "uuid": event_uuid,
+            "distinct_id": distinct_id,
+            "ip": "127.0.0.1",
+            "site_url": "https://app.posthog.com",
+            "data": json.dumps(data),
+            "team_id": TEAM_ID,
+            "now": "2021-10-28T12:00:01.123456+00:00",
+            "sent_at": "2021-10-28T12:00:00.500000+00:00",
+        }
+    ).encode()

@@ -4,12 +4,12 @@ offsets): every event produced comes out on clickhouse_events_proto, none lost."
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import Counter
 
 from plugin_server.ingestion import kafka_messages as km
 from tests.conftest import OUTPUT_TOPICS
+from tests.factories import capture_message
 from tests.faults.broker import persistent_broker
 from tests.faults.rig import rig, wait_for
 from tests.kafka_topics import TopicTail, ensure_topics, produce
@@ -19,19 +19,7 @@ WAVE = 500
 
 
 def django_value(event_uuid: str, seq: int) -> bytes:
-    data = {"event": "$pageview", "properties": {"seq": seq}}
-    return json.dumps(
-        {
-            "uuid": event_uuid,
-            "distinct_id": f"user-{seq % 50}",
-            "ip": "127.0.0.1",
-            "site_url": "https://app.posthog.com",
-            "data": json.dumps(data),
-            "team_id": 2,
-            "now": "2021-10-28T12:00:01.123456+00:00",
-            "sent_at": "2021-10-28T12:00:00.500000+00:00",
-        }
-    ).encode()
+    return capture_message(event_uuid, seq, distinct_id=f"user-{seq % 50}")
 
 
 async def produce_wave(bootstrap: str, sent: list[str]) -> None:

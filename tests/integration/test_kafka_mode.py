@@ -13,25 +13,14 @@ import asyncpg
 from plugin_server.config import Settings
 from plugin_server.ingestion import kafka_messages as km
 from plugin_server.ingestion.uuidt import uuidt
+from tests.factories import capture_message
 from tests.integration.conftest import wait_until
 from tests.kafka_topics import TopicTail, ensure_topics, produce
 from tests.plugins.conftest import add_python_plugin
 
 
 def django_value(event_uuid: str, seq: int) -> bytes:
-    data = {"event": "$pageview", "properties": {"seq": seq}}
-    return json.dumps(
-        {
-            "uuid": event_uuid,
-            "distinct_id": f"user-{seq}",
-            "ip": "127.0.0.1",
-            "site_url": "https://app.posthog.com",
-            "data": json.dumps(data),
-            "team_id": 2,
-            "now": "2021-10-28T12:00:01.123456+00:00",
-            "sent_at": "2021-10-28T12:00:00.500000+00:00",
-        }
-    ).encode()
+    return capture_message(event_uuid, seq, distinct_id=f"user-{seq}")
 
 
 async def test_plugin_log_entries_go_to_kafka_in_kafka_mode(

@@ -20,7 +20,7 @@ from plugin_server.ingestion import kafka_messages as km
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.queues.celery_format import encode_celery_event
 from tests.conftest import REDIS_URL
-from tests.factories import create_team
+from tests.factories import capture_message, create_team
 from tests.kafka_broker import free_port
 from tests.kafka_topics import TopicTail, ensure_topics, produce
 from tests.server_process import server_env, server_process, wait_ready
@@ -30,21 +30,10 @@ CELERY_QUEUE = "posthog-plugins"
 NOW = "2021-10-28T12:00:01.123456+00:00"
 
 
-def django_value(event_uuid: str, seq: int, name: str = "$pageview") -> bytes:
-    """A message value as PostHog's capture endpoint produces it (spec §1.2.2)."""
-    data = {"event": name, "properties": {"seq": seq, "$current_url": "https://example.com/"}}
-    return json.dumps(
-        {
-            "uuid": event_uuid,
-            "distinct_id": f"user-{seq % 40}",
-            "ip": "127.0.0.1",
-            "site_url": "https://app.posthog.com",
-            "data": json.dumps(data),
-            "team_id": 2,
-            "now": "2021-10-28T12:00:01.123456+00:00",
-            "sent_at": "2021-10-28T12:00:00.500000+00:00",
-        }
-    ).encode()
+def django_value(event_uuid: str, seq: int) -> bytes:
+    return capture_message(
+        event_uuid, seq, distinct_id=f"user-{seq % 40}", properties={"$current_url": "https://example.com/"}
+    )
 
 
 def uuids_out(messages: list[Any]) -> Counter[str]:
